@@ -1,0 +1,53 @@
+"""jaxforge: a JAX research framework. This module is its public API.
+
+Names are imported on first use, so `import framework` (and `jaxforge plugins list`) stays fast
+and never starts JAX. Plugins import only what is exported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from framework.errors import ConfigError, JaxforgeError
+from framework.registry import PLUGIN_API_VERSION, PluginAPIVersionWarning, PluginError, registry
+
+_LAZY = {
+    "train": "framework.loop",
+    "evaluate": "framework.loop",
+    "Plugin": "framework.plugin",
+    "DatasetMetadata": "framework.plugin",
+    "DataContext": "framework.plugin",
+    "Callback": "framework.plugin",
+    "register_model": "framework.plugin",
+    "register_dataset": "framework.plugin",
+    "register_regularizer": "framework.plugin",
+    "register_optimizer": "framework.plugin",
+    "register_augmentation": "framework.plugin",
+    "register_callback": "framework.plugin",
+    "ArraySource": "framework.data",
+    "DataSource": "framework.data",
+    "TrainIterator": "framework.data",
+    "check": "framework.config",
+    "load_config": "framework.config",
+    "resolve_config": "framework.config",
+    "schedule_fields": "framework.schedules",
+    "validate_schedule": "framework.schedules",
+    "make_schedule": "framework.schedules",
+}
+_RENAMED = {"load_config": "load_and_resolve", "resolve_config": "resolve"}
+
+__all__ = ["ConfigError", "JaxforgeError", "PLUGIN_API_VERSION", "PluginAPIVersionWarning",
+           "PluginError", "registry", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'framework' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

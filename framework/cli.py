@@ -1,0 +1,142 @@
+"""The `jaxforge` command. Imports JAX only for commands that need it, so listing is instant.
+
+    jaxforge train --config experiments/digits_cnn.py --workdir runs/x [--config.a.b=v ...]
+    jaxforge eval --workdir runs/x
+    jaxforge plugins list [--kind KIND] [--json]
+    jaxforge plugins show ID [--kind KIND]
+    jaxforge config show --config PATH [--config.a.b=v ...]
+
+A bad config, an unknown plugin or a wrong flag prints one message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from framework.errors import JaxforgeError
+from framework.registry import KINDS, PluginError, registry
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxforge", allow_abbrev=False,
+        description="Train JAX models from one config file; plugins come from entry points.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", allow_abbrev=False, help="train (or resume) an experiment",
+        epilog="Override any config field with --config.SECTION.FIELD=VALUE.")
+    train.add_argument("--config", required=True, metavar="PATH",
+                       help="experiment file defining get_config() (PATH or PATH.py:ARG)")
+    train.add_argument("--workdir", required=True, metavar="DIR",
+                       help="where config, metrics, checkpoints and summary go; resumed if present")
+
+    evaluate = commands.add_parser("eval", allow_abbrev=False,
+                                   help="evaluate a workdir's latest checkpoint")
+    evaluate.add_argument("--workdir", required=True, metavar="DIR")
+    evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    plugins = commands.add_parser("plugins", help="list and inspect plugins")
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True,
+                                             metavar="COMMAND")
+    listing = plugin_commands.add_parser("list", help="every installed plugin (imports none)")
+    listing.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = plugin_commands.add_parser("show", help="one plugin: where it comes from, its fields")
+    show.add_argument("id", help="a name or a distribution:name id")
+    show.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+
+    config = commands.add_parser("config", help="resolve and validate configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                            metavar="COMMAND")
+    config_show = config_commands.add_parser(
+        "show", allow_abbrev=False, help="print the resolved, validated config")
+    config_show.add_argument("--config", required=True, metavar="PATH")
+    return parser
+
+
+def _plugins_list(kind: str | None, as_json: bool) -> None:
+    infos = registry.infos(kind)
+    if as_json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    rows = [("ID", "KIND", "VERSION", "STATUS")]
+    rows += [(i.id, i.kind[:-1], i.version or "-",
+              i.status + (f" ({i.reason})" if i.reason else "")) for i in infos]
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+
+
+def _plugins_show(name: str, kind: str | None) -> None:
+    kinds = [kind if kind.endswith("s") else kind + "s"] if kind else list(KINDS)
+    found, errors = [], []
+    for k in kinds:
+        try:
+            found.append(registry.resolve(k, name))
+        except PluginError as error:
+            errors.append(error)
+    if not found:
+        raise errors[0] if len(errors) == 1 else PluginError(
+            f"No plugin named {name!r} of any kind. `jaxforge plugins list` shows them all.")
+    if len(found) > 1:
+        raise PluginError(f"{name!r} names plugins of several kinds "
+                          f"({', '.join(i.kind for i in found)}); add --kind.")
+    info = found[0]
+    plugin = registry.load(info.kind, name)
+    print(f"id:           {info.id}\nkind:         {info.kind[:-1]}\n"
+          f"distribution: {info.distribution} {info.version}\n"
+          f"entry point:  {info.entry_point}\nstatus:       {info.status}"
+          + (f" ({info.reason})" if info.reason else ""))
+    description = getattr(plugin, "description", "") or (plugin.__doc__ or "").strip()
+    if description:
+        print(f"description:  {description}")
+    from framework.config import format_config
+
+    print("default config:")
+    for line in format_config(plugin.default_config()).splitlines() or ["{}"]:
+        print("  " + line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = _parser().parse_known_args(argv)
+    takes_overrides = args.command == "train" or getattr(args, "config_command", None) == "show"
+    if extra and not takes_overrides:
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "plugins":
+            if args.plugins_command == "list":
+                _plugins_list(args.kind, args.json)
+            else:
+                _plugins_show(args.id, args.kind)
+        elif args.command == "config":
+            from framework import config as config_lib
+
+            print(config_lib.format_config(config_lib.load_and_resolve(args.config, extra)))
+        elif args.command == "train":
+            from framework import config as config_lib
+
+            config = config_lib.load_and_resolve(args.config, extra)
+            from framework import loop
+
+            loop.train(config, args.workdir)
+        elif args.command == "eval":
+            from framework import loop
+
+            metrics = loop.evaluate(args.workdir, args.step)
+            print(json.dumps(metrics, indent=2))
+    except JaxforgeError as error:
+        print(f"jaxforge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxforge: interrupted.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

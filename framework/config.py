@@ -1,0 +1,440 @@
+"""Experiment configs: load a config file, merge plugin defaults, apply overrides, validate, lock.
+
+The resolved config is the experiment's values laid over the framework's defaults and each named
+plugin's `default_config()`, then the command-line overrides (parsed by ml-collections'
+config_flags, typed by the field they override). Every key the user wrote must exist in that
+merged schema; every error names the key and, when there is one, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from framework.errors import ConfigError, JaxforgeError
+from framework.registry import registry
+
+PLUGIN_SECTIONS = {"model": "models", "dataset": "datasets", "optimizer": "optimizers"}
+"""Sections that configure one plugin, named by their `name` field."""
+
+PLUGIN_MAPPINGS = {"regularizers": "regularizers", "augmentations": "augmentations",
+                   "callbacks": "callbacks"}
+"""Sections that map plugin names to that plugin's fields (`regularizers.l2.weight`)."""
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The framework's own fields with their defaults; plugins add theirs to their sections."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = ml_collections.ConfigDict({"name": "cnn"})
+    config.dataset = ml_collections.ConfigDict({
+        "name": "digits",
+        "batch_size": 64,  # The global batch, over all processes and devices.
+        "eval_batch_size": placeholder(int),  # Defaults to batch_size.
+    })
+    config.optimizer = ml_collections.ConfigDict({"name": "adam"})
+    config.regularizers = ml_collections.ConfigDict()
+    config.augmentations = ml_collections.ConfigDict()
+    config.callbacks = ml_collections.ConfigDict()
+    config.train = ml_collections.ConfigDict({
+        "num_steps": placeholder(int),  # Total optimizer steps; or give num_epochs.
+        "num_epochs": placeholder(float),  # Converted to steps from the train split size.
+        "log_every_steps": 100,
+        "eval_every_steps": 500,  # 0: evaluate only at the end.
+        "steps_per_dispatch": 1,  # Steps run by one compiled call (a lax.scan).
+        "precision": "float32",  # Compute dtype: float32 | bfloat16. Params stay float32.
+        "best_metric": "eval/accuracy",  # What summary.json's `best` selects on.
+        "best_mode": "max",  # max | min.
+    })
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    config.checkpoint = ml_collections.ConfigDict({
+        "every_steps": 500,  # 0: only the final checkpoint.
+        "max_to_keep": 3,
+        "async_save": True,
+    })
+    return config
+
+
+# Loading -------------------------------------------------------------------------------------
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """Run `get_config()` of a config file; `path.py:arg` passes `arg` to it (as big_vision)."""
+    path, _, arg = spec.partition(".py:")
+    path = path + ".py" if arg or spec.endswith(".py:") else spec
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file {path!r} does not exist. Pass the path of an experiment "
+                          "file that defines get_config(), e.g. experiments/digits_cnn.py.")
+    module_name = "jaxforge_experiment_" + re.sub(r"\W", "_", file.stem)
+    try:
+        spec_ = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ConfigError(f"Config file {path!r} has no get_config() function.")
+        config = get_config(arg) if arg else get_config()
+    except JaxforgeError:
+        raise
+    except Exception as error:
+        where = _innermost_line_in(error, file)
+        raise ConfigError(f"Config file {path!r} raised {type(error).__name__}{where}: {error}"
+                          ) from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path!r} returned a {type(config).__name__}; "
+                          "it must return an ml_collections.ConfigDict.")
+    return config
+
+
+def _innermost_line_in(error: BaseException, file: Path) -> str:
+    tb, line = error.__traceback__, None
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == file.resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" at line {line}" if line else ""
+
+
+# Overrides -----------------------------------------------------------------------------------
+
+_OVERRIDE = re.compile(r"^--?config\.([^=\s]+)(?:=(.*))?$", re.S)
+
+
+def parse_override_keys(overrides: Sequence[str]) -> dict[str, str | None]:
+    """`--config.a.b=v` (or `--config.a.b v`) -> {"a.b": "v"}, in order; raises on junk."""
+    keys: dict[str, str | None] = {}
+    i = 0
+    while i < len(overrides):
+        match = _OVERRIDE.match(overrides[i])
+        if not match:
+            raise ConfigError(
+                f"Unexpected argument {overrides[i]!r}: config overrides look like "
+                "--config.optimizer.learning_rate=3e-4.")
+        key, value = match.group(1), match.group(2)
+        if value is None and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
+            value, i = overrides[i + 1], i + 1
+        if value is None:
+            raise ConfigError(f"--config.{key} has no value; write --config.{key}=VALUE.")
+        keys.pop(key, None)
+        keys[key] = value
+        i += 1
+    return keys
+
+
+def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+    """Parse each override's text as the type of the field it replaces (config_flags)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    for key in overrides:
+        _check_key_exists(config, key)
+    overrides = dict(overrides)
+    for key, value in list(overrides.items()):
+        if value == "None":  # Unset an optional field; config_flags parses only real values.
+            try:
+                _set_path(config, key, None)
+            except TypeError:
+                raise ConfigError(f"config.{key} cannot be None.") from None
+            del overrides[key]
+    if not overrides:
+        return
+    argv = ["jaxforge"] + [f"--config.{key}={value}" for key, value in overrides.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        flag_values(argv)
+    except flags.Error as error:
+        failed = re.search(r"--config\.([^=\s]+)=", str(error))
+        if failed and failed.group(1) in overrides:
+            key = failed.group(1)
+            expected = _type_name(_parent(config, key).get_type(key.rsplit(".", 1)[-1]))
+            raise ConfigError(f"--config.{key}={overrides[key]}: config.{key} must be {expected}, "
+                              f"got {overrides[key]!r}.") from None
+        raise ConfigError(f"Bad override: {re.sub(r'^flag --', '--', str(error))}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
+        raise ConfigError(f"Bad override: {error}") from None
+    resolved = flag_values["config"].value
+    for key in overrides:
+        _set_path(config, key, _get_path(resolved, key))
+
+
+def _get_path(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _parent(config: ml_collections.ConfigDict, key: str) -> ml_collections.ConfigDict:
+    for part in key.split(".")[:-1]:
+        config = config[part]
+    return config
+
+
+def _set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    _parent(config, key)[key.rsplit(".", 1)[-1]] = value
+
+
+def _all_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in config.items():
+        paths.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            paths.extend(_all_paths(value, prefix + key + "."))
+    return paths
+
+
+def _unknown_key_error(config: ml_collections.ConfigDict, key: str,
+                       valid_here: Iterable[str]) -> ConfigError:
+    """Name the unknown key and the closest valid one, here or anywhere in the config."""
+    *parents, last = key.split(".")
+    prefix = ".".join(parents) + "." if parents else ""
+    here = [prefix + k for k in valid_here]
+    close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
+    if not close:  # Right name in the wrong section: `train.batch_size` -> `dataset.batch_size`.
+        close = [p for p in _all_paths(config) if p.rsplit(".", 1)[-1] == last][:1]
+    if not close:
+        close = difflib.get_close_matches(key, _all_paths(config), n=1, cutoff=0.6)
+    hint = f" Did you mean config.{close[0]}?" if close else ""
+    where = f"config.{prefix[:-1]}" if parents else "the config"
+    valid = ", ".join(sorted(valid_here)) or "none"
+    return ConfigError(f"Unknown config key config.{key}.{hint} Valid keys in {where}: {valid}.")
+
+
+def _check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
+    node: Any = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict):
+            parent = ".".join(parts[:i])
+            raise ConfigError(f"config.{parent} is a {type(node).__name__}, not a section, so "
+                              f"config.{key} cannot be set. Set config.{parent} itself.")
+        if part not in node:
+            raise _unknown_key_error(config, ".".join(parts[:i + 1]), node.keys())
+        node = node[part]
+
+
+# Merging -------------------------------------------------------------------------------------
+
+
+def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
+                  ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The plugins a config names, after overrides: section -> name, mapping -> [names]."""
+    base = base_config()
+    single = {}
+    for section in PLUGIN_SECTIONS:
+        name = overrides.get(f"{section}.name")
+        if name is None:
+            name = user.get(section, {}).get("name", base[section].name)
+        single[section] = name
+    mapped = {}
+    for section in PLUGIN_MAPPINGS:
+        names = list(user.get(section, {}).keys())
+        for key in overrides:
+            parts = key.split(".")
+            if parts[0] == section and len(parts) > 1 and parts[1] not in names:
+                names.append(parts[1])
+        mapped[section] = names
+    return single, mapped
+
+
+def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDict:
+    try:
+        plugin = registry.load(kind, name)
+    except JaxforgeError as error:
+        raise ConfigError(f"config.{key}: {error}") from error.__cause__
+    defaults = plugin.default_config()
+    if not isinstance(defaults, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{key}: plugin {name!r} default_config() returned a "
+                          f"{type(defaults).__name__}, not an ml_collections.ConfigDict.")
+    return ml_collections.ConfigDict(defaults.to_dict(), type_safe=True)
+
+
+def _schema(single: dict[str, str], mapped: dict[str, list[str]]) -> ml_collections.ConfigDict:
+    """The framework defaults plus every named plugin's default fields."""
+    schema = base_config()
+    for section, name in single.items():
+        defaults = _plugin_defaults(PLUGIN_SECTIONS[section], name, f"{section}.name")
+        for key, value in defaults.items():
+            if key == "name":
+                raise ConfigError(f"Plugin {name!r} declares a field 'name', which is reserved.")
+            schema[section][key] = value
+        schema[section].name = name
+    for section, names in mapped.items():
+        for name in names:
+            schema[section][name] = _plugin_defaults(PLUGIN_MAPPINGS[section], name,
+                                                     f"{section}.{name}")
+    return schema
+
+
+def _overlay(schema: ml_collections.ConfigDict, user: ml_collections.ConfigDict,
+             root: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Write the user's values over the schema; unknown keys and wrong types are errors."""
+    for key, value in user.items():
+        path = prefix + key
+        if key not in schema:
+            raise _unknown_key_error(root, path, schema.keys())
+        current = schema[key]
+        if isinstance(current, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config.{path} must be a section (a ConfigDict with keys "
+                                  f"{', '.join(current.keys()) or 'of plugin names'}), "
+                                  f"not {value!r}.")
+            _overlay(current, value, root, path + ".")
+            continue
+        if isinstance(value, ml_collections.ConfigDict):
+            raise ConfigError(f"config.{path} is a value ({current!r}), not a section.")
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        try:
+            schema[key] = value
+        except TypeError:
+            expected = _type_name(schema.get_type(key))
+            raise ConfigError(f"config.{path} must be {expected}, got {type(value).__name__} "
+                              f"{value!r}.") from None
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an int", float: "a float", str: "a string", bool: "a bool (true/false)",
+            tuple: "a tuple"}.get(kind, kind.__name__)
+
+
+# Validation ----------------------------------------------------------------------------------
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError about `config.<key>` unless `condition` holds.
+
+    In a plugin's `validate`, `key` is relative to the plugin's section (`"learning_rate"`).
+    """
+    if not condition:
+        raise ConfigError.for_key(key, message)
+
+
+def _validate_core(config: ml_collections.ConfigDict) -> None:
+    train, ckpt = config.train, config.checkpoint
+    check(config.seed >= 0, "seed", f"must be >= 0, got {config.seed}.")
+    check(config.dataset.batch_size > 0, "dataset.batch_size",
+          f"must be a positive int (the global batch), got {config.dataset.batch_size}.")
+    eval_batch = config.dataset.eval_batch_size
+    check(eval_batch is None or eval_batch > 0, "dataset.eval_batch_size",
+          f"must be a positive int or None (= batch_size), got {eval_batch}.")
+    if train.num_steps is None and train.num_epochs is None:
+        raise ConfigError("config.train.num_steps is not set: give train.num_steps (optimizer "
+                          "steps) or train.num_epochs.")
+    if train.num_steps is not None and train.num_epochs is not None:
+        raise ConfigError("config.train.num_steps and config.train.num_epochs are both set; "
+                          "give only one (set the other to None).")
+    if train.num_steps is not None:
+        check(train.num_steps > 0, "train.num_steps", f"must be > 0, got {train.num_steps}.")
+    else:
+        check(train.num_epochs > 0, "train.num_epochs", f"must be > 0, got {train.num_epochs}.")
+    k = train.steps_per_dispatch
+    check(k >= 1, "train.steps_per_dispatch", f"must be >= 1, got {k}.")
+    check(train.log_every_steps > 0, "train.log_every_steps",
+          f"must be > 0, got {train.log_every_steps}.")
+    check(train.eval_every_steps >= 0, "train.eval_every_steps",
+          f"must be >= 0 (0 = only at the end), got {train.eval_every_steps}.")
+    check(ckpt.every_steps >= 0, "checkpoint.every_steps",
+          f"must be >= 0 (0 = only at the end), got {ckpt.every_steps}.")
+    for key, every in (("train.log_every_steps", train.log_every_steps),
+                       ("train.eval_every_steps", train.eval_every_steps),
+                       ("checkpoint.every_steps", ckpt.every_steps)):
+        if every % k:
+            lower, upper = every // k * k, (every // k + 1) * k
+            alternatives = " or ".join(str(v) for v in (lower, upper) if v > 0)
+            raise ConfigError(f"config.{key}={every} is not a multiple of "
+                              f"train.steps_per_dispatch={k}; use {alternatives}.")
+    check(ckpt.max_to_keep >= 1, "checkpoint.max_to_keep",
+          f"must be >= 1, got {ckpt.max_to_keep}.")
+    check(train.precision in PRECISIONS, "train.precision",
+          f"must be one of {', '.join(PRECISIONS)}, got {train.precision!r}.")
+    check(train.best_mode in ("min", "max"), "train.best_mode",
+          f"must be 'min' or 'max', got {train.best_mode!r}.")
+    sizes = dict(config.mesh.items())
+    for axis, size in sizes.items():
+        check(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
+              f"must be a positive int or -1 (all remaining devices), got {size!r}.")
+    check(list(sizes.values()).count(-1) <= 1, "mesh",
+          f"may have at most one axis of size -1, got {sizes}.")
+
+
+def _validate_plugins(config: ml_collections.ConfigDict, single: dict[str, str],
+                      mapped: dict[str, list[str]]) -> None:
+    sections = [(PLUGIN_SECTIONS[s], n, s) for s, n in single.items()]
+    sections += [(PLUGIN_MAPPINGS[s], n, f"{s}.{n}") for s, names in mapped.items()
+                 for n in names]
+    for kind, name, path in sections:
+        validate = getattr(registry.load(kind, name), "validate", None)
+        if validate is None:
+            continue
+        try:
+            validate(_get_path(config, path))
+        except ConfigError as error:
+            if error.key is None:
+                raise
+            raise ConfigError.for_key(f"{path}.{error.key}", error.detail) from None
+
+
+# Resolution ----------------------------------------------------------------------------------
+
+
+def resolve(user: ml_collections.ConfigDict,
+            overrides: Sequence[str] | dict[str, str] = ()) -> ml_collections.ConfigDict:
+    """Merge, override, validate and lock a config. Raises ConfigError; trains nothing."""
+    if not isinstance(overrides, dict):
+        overrides = parse_override_keys(overrides)
+    single, mapped = _plugin_names(user, overrides)
+    config = _schema(single, mapped)
+    _overlay(config, user, config)
+    for length, other in (("num_steps", "num_epochs"), ("num_epochs", "num_steps")):
+        if f"train.{length}" in overrides and f"train.{other}" not in overrides:
+            config.train[other] = None  # Overriding the run length replaces the file's choice.
+    if overrides:
+        _apply_overrides(config, overrides)
+    _validate_core(config)
+    _validate_plugins(config, single, mapped)
+    config.lock()
+    return config
+
+
+def load_and_resolve(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config of `jaxforge train --config SPEC --config.x=y ...`."""
+    keys = parse_override_keys(overrides)  # Malformed overrides fail before the file runs.
+    return resolve(load_experiment(spec), keys)
+
+
+def format_config(config: ml_collections.ConfigDict, prefix: str = "") -> str:
+    """One `section.field = value` line per field: the names `--config.` overrides use."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            lines.append(format_config(value, f"{prefix}{key}.") if len(value) else
+                         f"{prefix}{key} = {{}}")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return "\n".join(line for line in lines if line)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=False)
+
+
+def from_json_file(path: Path) -> ml_collections.ConfigDict:
+    """Re-resolve a workdir's config.json (written by `to_json`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"Cannot read the run config {path}: {error}") from None
+    return resolve(ml_collections.ConfigDict(data))
+

@@ -1,0 +1,121 @@
+"""The dataset contract and `ArraySource`, the reference implementation for in-memory data.
+
+A data source gives this process's share of every global batch as numpy arrays. Its train iterator
+is an endless, deterministic stream (a fresh permutation per epoch, derived from the seed and the
+epoch number) whose position is one integer, so a run resumes exactly where it stopped. Eval
+batches cover the eval split exactly once: the last batch is padded and a `mask` marks the
+real examples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from framework.errors import ConfigError
+from framework.plugin import DataContext, DatasetMetadata
+
+Batch = dict[str, np.ndarray]
+
+
+class TrainIterator(Protocol):
+    """An endless iterator of local batches whose position can be saved and restored."""
+
+    def __next__(self) -> Batch: ...
+
+    def get_state(self) -> dict[str, Any]: ...  # JSON-serialisable.
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+class DataSource(Protocol):
+    """What a dataset plugin's `build` returns."""
+
+    metadata: DatasetMetadata
+
+    def train_iterator(self) -> TrainIterator: ...
+
+    def eval_batches(self) -> Iterator[Batch]: ...  # Local share, padded, with a `mask` key.
+
+
+def local_batch_size(global_batch_size: int, context: DataContext, key: str) -> int:
+    """This process's share of a global batch; the global batch must split evenly."""
+    if global_batch_size % context.process_count:
+        raise ConfigError(
+            f"config.{key}={global_batch_size} does not split over {context.process_count} "
+            f"processes; use a multiple of {context.process_count}.")
+    return global_batch_size // context.process_count
+
+
+class ArrayTrainIterator:
+    """Global batch k holds positions [k*B, (k+1)*B) of the concatenated epoch permutations."""
+
+    def __init__(self, arrays: Batch, global_batch_size: int, context: DataContext) -> None:
+        self._arrays = arrays
+        self._num_examples = len(next(iter(arrays.values())))
+        self._global_batch_size = global_batch_size
+        self._local = local_batch_size(global_batch_size, context, "dataset.batch_size")
+        self._offset = context.process_index * self._local
+        self._seed = context.seed
+        self._next_batch = 0
+        self._permutation_cache: tuple[int, np.ndarray] | None = None
+
+    def __iter__(self) -> ArrayTrainIterator:
+        return self
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._permutation_cache is None or self._permutation_cache[0] != epoch:
+            rng = np.random.default_rng([self._seed, epoch])
+            self._permutation_cache = (epoch, rng.permutation(self._num_examples))
+        return self._permutation_cache[1]
+
+    def _indices(self, start: int, count: int) -> np.ndarray:
+        chunks = []
+        while count > 0:
+            epoch, offset = divmod(start, self._num_examples)
+            take = min(count, self._num_examples - offset)
+            chunks.append(self._permutation(epoch)[offset:offset + take])
+            start, count = start + take, count - take
+        return np.concatenate(chunks)
+
+    def __next__(self) -> Batch:
+        start = self._next_batch * self._global_batch_size + self._offset
+        indices = np.sort(self._indices(start, self._local))  # Sorted: faster gathers.
+        self._next_batch += 1
+        return {key: value[indices] for key, value in self._arrays.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_batch": self._next_batch}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._next_batch = int(state["next_batch"])
+
+
+class ArraySource:
+    """A `DataSource` over numpy arrays held in memory (digits, synthetic, small TFDS splits)."""
+
+    def __init__(self, train: Batch, eval: Batch, metadata: DatasetMetadata,
+                 config: Any, context: DataContext) -> None:
+        self.metadata = metadata
+        self._train, self._eval = train, eval
+        self._batch_size = config.batch_size
+        self._eval_batch_size = config.eval_batch_size or config.batch_size
+        self._context = context
+        local_batch_size(self._eval_batch_size, context, "dataset.eval_batch_size")
+
+    def train_iterator(self) -> ArrayTrainIterator:
+        return ArrayTrainIterator(self._train, self._batch_size, self._context)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        num_examples = len(next(iter(self._eval.values())))
+        local = self._eval_batch_size // self._context.process_count
+        offset = self._context.process_index * local
+        for k in range(math.ceil(num_examples / self._eval_batch_size)):
+            positions = k * self._eval_batch_size + offset + np.arange(local)
+            mask = positions < num_examples
+            indices = np.where(mask, positions, 0)
+            batch = {key: value[indices] for key, value in self._eval.items()}
+            batch["mask"] = mask
+            yield batch

@@ -1,0 +1,74 @@
+"""Feeding the devices: stack the batches of one dispatch, place them on the mesh, ahead of time.
+
+A background thread prepares the next dispatches while the current one runs. Each prepared item
+carries the data iterator's position *after* it, so a checkpoint records the position of what
+was consumed, not of what was prefetched.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from framework.data import Batch, TrainIterator
+
+_DONE = object()
+
+
+def to_global_array(local: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+    """This process's share of a batch -> global arrays sharded over the whole mesh."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+class DevicePrefetcher:
+    """Yields `(device_batches, data_state)` for each dispatch size in `chunk_sizes`."""
+
+    def __init__(self, iterator: TrainIterator, chunk_sizes: Sequence[int],
+                 place: Callable[[Batch], Any], buffer_size: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=buffer_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(iterator, list(chunk_sizes), place), daemon=True,
+            name="jaxforge-prefetch")
+        self._thread.start()
+
+    def _produce(self, iterator: TrainIterator, chunk_sizes: list[int],
+                 place: Callable[[Batch], Any]) -> None:
+        try:
+            for size in chunk_sizes:
+                batches = [next(iterator) for _ in range(size)]
+                stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+                item = (place(stacked), iterator.get_state())
+                if not self._put(item):
+                    return
+        except BaseException as error:  # Re-raised in the training thread.
+            self._put(error)
+            return
+        self._put(_DONE)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

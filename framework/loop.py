@@ -1,0 +1,262 @@
+"""`train` and `evaluate`: one readable loop from a resolved config to a workdir.
+
+    build the plugins -> init or restore the state -> for each dispatch: step, and at log /
+    eval / checkpoint boundaries fetch metrics, evaluate, save -> final save -> summary.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from framework import config as config_lib
+from framework import mesh as mesh_lib
+from framework.checkpoint import Checkpointer, abstract_like
+from framework.data import DataSource
+from framework.errors import ConfigError, JaxforgeError
+from framework.input import DevicePrefetcher, to_global_array
+from framework.metrics import MetricsLog, read_metrics, summarize, write_json
+from framework.model import Model
+from framework.plugin import Callback, DataContext
+from framework.progress import Progress
+from framework.registry import registry
+from framework.state import TrainState, create_train_state
+from framework.step import accumulated_means, empty_accumulator, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config before the first step."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    data: DataSource
+    model: Model
+    tx: optax.GradientTransformation
+    penalties: dict[str, tuple[float, Any]]
+    augmentations: list[Any]
+    callbacks: list[Callback]
+    num_steps: int
+    state_sharding: Any
+    init_state: Any  # jitted `rng -> TrainState`, placed with `state_sharding`.
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    """Build every plugin a config names, and the sharded state initialiser."""
+    mesh = mesh_lib.make_mesh(config.mesh)
+    context = DataContext(seed=config.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    data = registry.load("datasets", config.dataset.name).build(config.dataset, context)
+    metadata = data.metadata
+    mesh_lib.check_batch_fits(config.dataset.batch_size, mesh, "dataset.batch_size")
+    mesh_lib.check_batch_fits(config.dataset.eval_batch_size or config.dataset.batch_size, mesh,
+                              "dataset.eval_batch_size")
+    num_steps = config.train.num_steps or math.ceil(
+        config.train.num_epochs * metadata.num_train / config.dataset.batch_size)
+
+    model_plugin = registry.load("models", config.model.name)
+    module = model_plugin.build(config.model, metadata, jnp.dtype(config.train.precision))
+    model = Model(module, getattr(model_plugin, "loss", None))
+
+    tx = registry.load("optimizers", config.optimizer.name).build(config.optimizer, num_steps)
+    penalties, transforms = {}, []
+    for name, section in config.regularizers.items():
+        regularizer = registry.load("regularizers", name).build(section)
+        if isinstance(regularizer, optax.GradientTransformation):
+            transforms.append(regularizer)
+        elif "weight" in section:
+            penalties[name] = (section.weight, regularizer)
+        else:
+            raise ConfigError(f"config.regularizers.{name}: a penalty regularizer needs a "
+                              "`weight` field in its default_config().")
+    if transforms:
+        tx = optax.chain(tx, *transforms)
+    augmentations = [registry.load("augmentations", name).build(section)
+                     for name, section in config.augmentations.items()]
+    callbacks = [registry.load("callbacks", name).build(section)
+                 for name, section in config.callbacks.items()]
+
+    example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)
+    create = lambda rng: create_train_state(model, tx, rng, example)  # noqa: E731
+    abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
+    state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+    init_state = jax.jit(create, out_shardings=state_sharding)
+    return Experiment(config, mesh, data, model, tx, penalties, augmentations, callbacks,
+                      num_steps, state_sharding, init_state)
+
+
+def _chunk_sizes(start: int, end: int, per_dispatch: int) -> list[int]:
+    """Dispatch sizes from `start` to `end`, aligned to multiples of `per_dispatch`."""
+    sizes, step = [], start
+    while step < end:
+        size = min(per_dispatch - step % per_dispatch, end - step)
+        sizes.append(size)
+        step += size
+    return sizes
+
+
+def _every(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict[str, float]:
+    sharding = mesh_lib.batch_sharding(experiment.mesh)
+    accumulator = None
+    for batch in experiment.data.eval_batches():
+        batch = to_global_array(batch, sharding)
+        if accumulator is None:  # Metric names come from the model's loss: ask for the shapes.
+            shapes = jax.eval_shape(eval_step, state, empty_accumulator(), batch)
+            accumulator = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        accumulator = eval_step(state, accumulator, batch)
+    if accumulator is None:
+        raise JaxforgeError(f"Dataset {experiment.config.dataset.name!r} has no eval examples.")
+    return accumulated_means(jax.device_get(accumulator), "eval")
+
+
+def _jit_eval_step(experiment: Experiment) -> Any:
+    return jax.jit(make_eval_step(experiment.model), donate_argnums=(1,))
+
+
+def _abstract_state(experiment: Experiment) -> Any:
+    abstract = jax.eval_shape(experiment.init_state, jax.random.PRNGKey(0))
+    return abstract_like(abstract, experiment.state_sharding)
+
+
+def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return {"plugins": [i.as_dict() for i in registry.loaded()],
+            "config": config.to_dict(), "jax_version": jax.__version__}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train (or resume) the experiment `config` in `workdir`; returns the summary."""
+    if not config.is_locked:
+        config = config_lib.resolve(config)
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    experiment = build_experiment(config)
+    train_cfg, num_steps = config.train, experiment.num_steps
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
+        write_json(workdir / "plugins.json", _provenance(config)["plugins"])
+
+    checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
+                                config.checkpoint.async_save)
+    iterator = experiment.data.train_iterator()
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        state, data_state = checkpointer.restore(start_step, _abstract_state(experiment))
+        iterator.set_state(data_state)
+    else:
+        state = experiment.init_state(jax.random.PRNGKey(config.seed))
+    data_state = iterator.get_state()
+
+    progress = Progress(num_steps, start_step, enabled=is_main)
+    metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
+    if start_step:
+        progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
+
+    step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
+                                      experiment.augmentations), donate_argnums=(0, 1))
+    eval_step = _jit_eval_step(experiment)
+    batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
+    prefetcher = DevicePrefetcher(
+        iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
+        lambda stacked: to_global_array(stacked, batch_sharding))
+
+    accumulator, zero_accumulator = None, None
+    step, stop_reason = start_step, ""
+    last_log_time, last_log_step = time.perf_counter(), start_step
+    try:
+        for batches, data_state in prefetcher:
+            if zero_accumulator is None:
+                shapes = jax.eval_shape(step_fn, state, empty_accumulator(), batches)[1]
+                zero_accumulator = jax.jit(
+                    lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                    out_shardings=mesh_lib.replicated(experiment.mesh))
+                accumulator = zero_accumulator()
+            state, accumulator = step_fn(state, accumulator, batches)
+            step += jax.tree.leaves(batches)[0].shape[0]
+
+            record: dict[str, float] = {}
+            if _every(step, train_cfg.log_every_steps, num_steps):
+                record.update(accumulated_means(jax.device_get(accumulator), "train"))
+                now = time.perf_counter()
+                record["steps_per_sec"] = (step - last_log_step) / (now - last_log_time)
+                last_log_time, last_log_step = now, step
+                accumulator = zero_accumulator()
+                for callback in experiment.callbacks:
+                    callback.on_log(step, record, state)
+            if _every(step, train_cfg.eval_every_steps, num_steps):
+                eval_metrics = _evaluate(experiment, eval_step, state)
+                record.update(eval_metrics)
+                for callback in experiment.callbacks:
+                    callback.on_eval(step, eval_metrics, state)
+            if record:
+                metrics_log.write(step, record)
+                progress.update(step, record)
+            stopper = next((c for c in experiment.callbacks if c.stop_training), None)
+            if stopper is not None:
+                stop_reason = stopper.stop_reason or f"{type(stopper).__name__} stopped training"
+            if _every(step, config.checkpoint.every_steps, num_steps) or stop_reason:
+                checkpointer.save(step, state, data_state, _provenance(config))
+                for callback in experiment.callbacks:
+                    callback.on_checkpoint(step, state)
+            if stop_reason:
+                progress.message(f"Stopping early at step {step}: {stop_reason}")
+                break
+    finally:
+        prefetcher.close()
+        progress.close()
+        checkpointer.wait()
+        checkpointer.close()
+
+    summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main else [],
+                        train_cfg.best_metric, train_cfg.best_mode)
+    summary.update({
+        "steps": step, "num_steps": num_steps, "resumed_from_step": start_step,
+        "stopped_early": bool(stop_reason), "stop_reason": stop_reason,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "checkpoint": str((workdir / "checkpoints" / str(step)).absolute()),
+    })
+    for callback in experiment.callbacks:
+        callback.on_end(summary, state)
+    if is_main:
+        write_json(workdir / "summary.json", summary)
+        progress.message(_summary_line(summary))
+    return summary
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items() if k != "step")
+    return (f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; final {final}; "
+            f"checkpoint {summary['checkpoint']}")
+
+
+def evaluate(workdir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Evaluate a workdir's latest (or given) checkpoint on the whole eval split."""
+    workdir = Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.exists():
+        raise JaxforgeError(f"{workdir} has no config.json: it is not a jaxforge workdir.")
+    config = config_lib.from_json_file(config_file)
+    experiment = build_experiment(config)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep, False)
+    try:
+        step = step if step is not None else checkpointer.latest_step()
+        if step is None:
+            raise JaxforgeError(f"{workdir / 'checkpoints'} holds no checkpoint; train first.")
+        state, _ = checkpointer.restore(step, _abstract_state(experiment))
+    finally:
+        checkpointer.close()
+    return {"step": step, **_evaluate(experiment, _jit_eval_step(experiment), state)}
+

@@ -1,0 +1,53 @@
+"""One functional interface over a model plugin's module: `init` and `apply`.
+
+The trainer never calls the module directly, so batch norm collections, dropout rngs and the
+model's own loss are handled in one place whatever the plugin returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+Variables = dict[str, Any]
+LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def classification_loss(logits: jax.Array, batch: dict[str, jax.Array]
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-example softmax cross-entropy and accuracy, computed in float32."""
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    accuracy = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
+    return loss, {"accuracy": accuracy}
+
+
+class Model:
+    """A Linen module seen as `init(rng, inputs)` and `apply(variables, inputs, train, rngs)`."""
+
+    def __init__(self, module: nn.Module, loss: LossFn | None = None) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"A model plugin must build a flax.linen.Module, got "
+                            f"{type(module).__name__}.")
+        self.module = module
+        self.loss = loss or classification_loss
+
+    def init(self, rng: jax.Array, inputs: jax.Array) -> Variables:
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = self.module.init({"params": params_rng, "dropout": dropout_rng}, inputs,
+                                     train=False)
+        return dict(variables)
+
+    def apply(self, variables: Variables, inputs: jax.Array, train: bool,
+              rngs: dict[str, jax.Array] | None = None) -> tuple[Any, Variables]:
+        """Outputs, and the updated mutable collections (e.g. batch_stats) when training."""
+        mutable = [name for name in variables if name != "params"] if train else []
+        if mutable:
+            outputs, updates = self.module.apply(variables, inputs, train=train, rngs=rngs,
+                                                 mutable=mutable)
+            return outputs, dict(updates)
+        return self.module.apply(variables, inputs, train=train, rngs=rngs), {}

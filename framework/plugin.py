@@ -1,0 +1,124 @@
+"""The plugin contracts: what each kind of plugin builds, and the decorators for in-process plugins.
+
+Every plugin is an object with `default_config()` (a ConfigDict of its fields) and `build(...)`;
+`Plugin` is the convenient way to make one. What `build` receives and returns depends on the kind:
+
+| kind          | build(...)                                  | returns                                   |
+|---------------|---------------------------------------------|-------------------------------------------|
+| models        | (config, metadata: DatasetMetadata, dtype)  | a Flax Linen module, `__call__(x, *, train)` |
+| datasets      | (config, context: DataContext)              | a `framework.data.DataSource`              |
+| regularizers  | (config)                                    | `penalty(params, batch, outputs) -> scalar` (scaled by `config.weight`) or an `optax.GradientTransformation` |
+| optimizers    | (config, num_steps: int)                    | an `optax.GradientTransformation`          |
+| augmentations | (config)                                    | a pure JAX `(rng, batch) -> batch`         |
+| callbacks     | (config)                                    | a `framework.Callback`                     |
+
+Any plugin may define `validate(config)`, raising `framework.ConfigError` for a bad value; it
+runs when the config is resolved, before anything is built. A model plugin may also define `loss(outputs, batch) -> (per_example_loss, {name: per_example})`;
+without it, classification cross-entropy and accuracy are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+from framework.registry import PLUGIN_API_VERSION, registry
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plugin:
+    """A plugin of any kind. Write `api_version` as a literal: the version you wrote it for."""
+
+    build: Callable[..., Any]
+    api_version: int
+    default_config: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
+    validate: Callable[[ml_collections.ConfigDict], None] | None = None  # Raise ConfigError.
+    loss: Callable[..., Any] | None = None  # Models only: a custom loss and metrics.
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMetadata:
+    """What a dataset promises about its examples; models are built from it."""
+
+    input_shape: tuple[int, ...]  # One example, e.g. (28, 28, 1).
+    num_classes: int
+    num_train: int
+    num_eval: int
+    input_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataContext:
+    """Where a dataset runs: its seed and this process's place among all processes."""
+
+    seed: int
+    process_index: int = 0
+    process_count: int = 1
+
+
+class Callback:
+    """Hooks the training loop calls on the host. Set `stop_training` to end the run early.
+
+    Hooks run at log, eval and checkpoint steps (never every step, so they cost no host sync).
+    `state` is the current train state; read it, do not modify it.
+    """
+
+    stop_training: bool = False
+    stop_reason: str = ""
+
+    def on_log(self, step: int, metrics: dict[str, float], state: Any) -> None:
+        """After train metrics are logged."""
+
+    def on_eval(self, step: int, metrics: dict[str, float], state: Any) -> None:
+        """After an evaluation over the whole eval split."""
+
+    def on_checkpoint(self, step: int, state: Any) -> None:
+        """After a checkpoint save was started."""
+
+    def on_end(self, summary: dict[str, Any], state: Any) -> None:
+        """Once, when training ends; `summary` is what goes into summary.json."""
+
+
+def _register(kind: str, name: str, default_config: Callable[[], ml_collections.ConfigDict] | None,
+              **extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
+        plugin = Plugin(build=build, api_version=PLUGIN_API_VERSION,
+                        default_config=default_config or ml_collections.ConfigDict,
+                        description=(build.__doc__ or "").strip(), **extra)
+        registry.register(kind, name, plugin)
+        return build
+
+    return decorator
+
+
+def register_model(name: str, *, default_config=None, loss=None):
+    """Decorator: register a model builder in-process as `local:<name>` (notebooks, tests)."""
+    return _register("models", name, default_config, loss=loss)
+
+
+def register_dataset(name: str, *, default_config=None):
+    """Decorator: register a dataset builder in-process as `local:<name>`."""
+    return _register("datasets", name, default_config)
+
+
+def register_regularizer(name: str, *, default_config=None):
+    """Decorator: register a regularizer builder in-process as `local:<name>`."""
+    return _register("regularizers", name, default_config)
+
+
+def register_optimizer(name: str, *, default_config=None):
+    """Decorator: register an optimizer builder in-process as `local:<name>`."""
+    return _register("optimizers", name, default_config)
+
+
+def register_augmentation(name: str, *, default_config=None):
+    """Decorator: register an augmentation builder in-process as `local:<name>`."""
+    return _register("augmentations", name, default_config)
+
+
+def register_callback(name: str, *, default_config=None):
+    """Decorator: register a callback builder in-process as `local:<name>`."""
+    return _register("callbacks", name, default_config)

@@ -1,0 +1,243 @@
+"""The plugin registry: discovery from entry points, lazy loading by name.
+
+Discovery reads package metadata only, so listing plugins never imports plugin code (and never
+starts JAX). A plugin is imported the first time a run asks for it. One broken plugin never
+breaks the others: its failure is recorded and raised, chained, only when it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import fnmatch
+import importlib.metadata
+import os
+import re
+import warnings
+from typing import Any, Iterator
+
+from framework.errors import JaxforgeError
+
+PLUGIN_API_VERSION = 1
+"""The plugin contract version. Bumped when a plugin kind's contract changes incompatibly."""
+
+KINDS = ("models", "datasets", "regularizers", "optimizers", "augmentations", "callbacks")
+BUILTIN_DISTRIBUTION = "jaxforge"
+LOCAL_DISTRIBUTION = "local"
+
+_REQUIRED_ATTRIBUTES = ("build", "default_config")
+
+
+class PluginError(JaxforgeError):
+    """A plugin cannot be found, is ambiguous, disabled or failed to load."""
+
+
+class PluginAPIVersionWarning(UserWarning):
+    """A plugin was written for another plugin API version; it may still work."""
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What the registry knows about one plugin, before and after it is loaded."""
+
+    kind: str
+    name: str
+    distribution: str
+    version: str
+    entry_point: str  # "module:attribute", or "<registered in-process>".
+    status: str = "available"  # available | loaded | failed | disabled
+    reason: str = ""  # Why a plugin failed or is disabled; API-version notes when loaded.
+    obj: Any = dataclasses.field(default=None, repr=False)
+    error: BaseException | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.distribution}:{self.name}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id, "kind": self.kind, "name": self.name,
+            "distribution": self.distribution, "version": self.version,
+            "entry_point": self.entry_point, "status": self.status, "reason": self.reason,
+        }
+
+
+def _normalize_distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _env_patterns(variable: str) -> list[str]:
+    return [p.strip() for p in os.environ.get(variable, "").split(",") if p.strip()]
+
+
+def _matches(info: PluginInfo, patterns: list[str]) -> bool:
+    """A pattern is an id glob (`dist:name`, `dist:*`) or a bare distribution name."""
+    return any(fnmatch.fnmatch(info.id, p) or p == info.distribution for p in patterns)
+
+
+class Registry:
+    """All plugins of all kinds. Use the module-level `registry` singleton."""
+
+    def __init__(self) -> None:
+        self._discovered: dict[str, dict[str, PluginInfo]] | None = None
+        self._local: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
+
+    # Discovery -------------------------------------------------------------------------------
+
+    def _discover(self) -> dict[str, dict[str, PluginInfo]]:
+        if self._discovered is not None:
+            return self._discovered
+        found: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
+        groups = {f"jaxforge.{kind}": kind for kind in KINDS}
+        autoload = os.environ.get("JAXFORGE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        for dist in importlib.metadata.distributions():
+            try:
+                dist_name = _normalize_distribution(dist.metadata["Name"] or "")
+                entry_points = [ep for ep in dist.entry_points if ep.group in groups]
+            except Exception:  # Malformed metadata of an unrelated package: never fatal.
+                continue
+            if not entry_points or (not autoload and dist_name != BUILTIN_DISTRIBUTION):
+                continue
+            for ep in entry_points:
+                info = PluginInfo(groups[ep.group], ep.name, dist_name, dist.version, ep.value)
+                # A distribution seen twice on sys.path (e.g. editable + installed): first wins.
+                found[info.kind].setdefault(info.id, info)
+        self._apply_environment_switches(found)
+        self._discovered = found
+        return found
+
+    @staticmethod
+    def _apply_environment_switches(found: dict[str, dict[str, PluginInfo]]) -> None:
+        allowed = _env_patterns("JAXFORGE_PLUGINS")
+        blocked = _env_patterns("JAXFORGE_DISABLE_PLUGINS")
+        for infos in found.values():
+            for info in infos.values():
+                if _matches(info, blocked):
+                    info.status, info.reason = "disabled", "blocked by JAXFORGE_DISABLE_PLUGINS"
+                elif (allowed and info.distribution != BUILTIN_DISTRIBUTION
+                      and not _matches(info, allowed)):
+                    info.status, info.reason = "disabled", "not in JAXFORGE_PLUGINS"
+
+    def refresh(self) -> None:
+        """Forget discovered plugins so that newly installed distributions are found."""
+        self._discovered = None
+
+    def infos(self, kind: str | None = None) -> list[PluginInfo]:
+        """Every plugin (of one kind, or all), loaded or not, sorted by kind and id."""
+        kinds = [_check_kind(kind)] if kind else list(KINDS)
+        discovered = self._discover()
+        infos = [i for k in kinds for i in [*discovered[k].values(), *self._local[k].values()]]
+        return sorted(infos, key=lambda i: (KINDS.index(i.kind), i.id))
+
+    # Resolution ------------------------------------------------------------------------------
+
+    def resolve(self, kind: str, name: str) -> PluginInfo:
+        """The one plugin that `name` (a bare name or a `dist:name` id) refers to."""
+        kind = _check_kind(kind)
+        infos = self.infos(kind)
+        if ":" in name:
+            matches = [i for i in infos if i.id == name]
+        else:
+            matches = [i for i in infos if i.name == name]
+        usable = [i for i in matches if i.status != "disabled"]
+        if len(usable) == 1:
+            return usable[0]
+        if len(usable) > 1:
+            ids = ", ".join(i.id for i in usable)
+            raise PluginError(
+                f"The {kind[:-1]} name {name!r} is ambiguous: it is provided by {ids}. "
+                f"Use the full id, e.g. {usable[0].id!r}.")
+        if matches:
+            info = matches[0]
+            raise PluginError(f"The {kind[:-1]} plugin {info.id!r} is disabled ({info.reason}).")
+        candidates = sorted({i.name for i in infos} | {i.id for i in infos})
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        installed = ", ".join(i.id for i in infos if i.status != "disabled") or "none"
+        raise PluginError(
+            f"Unknown {kind[:-1]} plugin {name!r}.{hint} Installed {kind}: {installed}.")
+
+    def load(self, kind: str, name: str) -> Any:
+        """Import (once) and return the plugin object that `name` refers to."""
+        info = self.resolve(kind, name)
+        if info.status == "failed":
+            raise _load_error(info) from info.error
+        if info.obj is None:
+            try:
+                obj = importlib.metadata.EntryPoint(
+                    name=info.name, value=info.entry_point, group=f"jaxforge.{kind}").load()
+                _check_contract(info, obj)
+            except Exception as error:
+                info.status, info.error = "failed", error
+                info.reason = f"{type(error).__name__}: {error}"
+                raise _load_error(info) from error
+            info.obj, info.status = obj, "loaded"
+            _check_api_version(info)
+        return info.obj
+
+    def loaded(self) -> list[PluginInfo]:
+        return [i for i in self.infos() if i.status == "loaded"]
+
+    # In-process registration -----------------------------------------------------------------
+
+    def register(self, kind: str, name: str, obj: Any) -> PluginInfo:
+        """Register a plugin object under `local:<name>`, e.g. from a notebook or a test."""
+        kind = _check_kind(kind)
+        info = PluginInfo(kind, name, LOCAL_DISTRIBUTION, "", "<registered in-process>")
+        _check_contract(info, obj)
+        info.obj, info.status = obj, "loaded"
+        _check_api_version(info)
+        self._local[kind][info.id] = info
+        return info
+
+    def unregister(self, kind: str, name: str) -> None:
+        self._local[_check_kind(kind)].pop(f"{LOCAL_DISTRIBUTION}:{name}", None)
+
+    @contextlib.contextmanager
+    def registered(self, kind: str, name: str, obj: Any) -> Iterator[PluginInfo]:
+        """Register a plugin for the duration of a `with` block."""
+        previous = self._local[_check_kind(kind)].get(f"{LOCAL_DISTRIBUTION}:{name}")
+        info = self.register(kind, name, obj)
+        try:
+            yield info
+        finally:
+            self.unregister(kind, name)
+            if previous is not None:
+                self._local[kind][previous.id] = previous
+
+
+def _check_kind(kind: str) -> str:
+    if kind in KINDS:
+        return kind
+    if f"{kind}s" in KINDS:  # Accept the singular, as in `--kind model`.
+        return f"{kind}s"
+    raise PluginError(f"Unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}.")
+
+
+def _check_contract(info: PluginInfo, obj: Any) -> None:
+    missing = [a for a in _REQUIRED_ATTRIBUTES if not callable(getattr(obj, a, None))]
+    if missing:
+        raise TypeError(
+            f"{info.entry_point} is a {type(obj).__name__}, not a {info.kind[:-1]} plugin: it has "
+            f"no callable {', '.join(missing)}. Export a framework.Plugin (or an object with "
+            "build() and default_config()).")
+
+
+def _check_api_version(info: PluginInfo) -> None:
+    version = getattr(info.obj, "api_version", None)
+    if version != PLUGIN_API_VERSION:
+        info.reason = (f"written for plugin API version {version}, "
+                       f"this jaxforge has version {PLUGIN_API_VERSION}")
+        warnings.warn(f"Plugin {info.id}: {info.reason}; it may not work.",
+                      PluginAPIVersionWarning, stacklevel=3)
+
+
+def _load_error(info: PluginInfo) -> PluginError:
+    return PluginError(
+        f"The {info.kind[:-1]} plugin {info.id!r} failed to load (distribution {info.distribution} "
+        f"{info.version}, entry point {info.name} = {info.entry_point!r}): {info.reason}")
+
+
+registry = Registry()
+

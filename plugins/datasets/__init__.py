@@ -1,0 +1,1 @@
+"""Built-in dataset plugins: digits (scikit-learn's bundled 8x8 digits), synthetic."""

@@ -1,0 +1,1 @@
+"""Built-in model plugins: cnn (the Keras MNIST tutorial CNN), mlp, resnet."""

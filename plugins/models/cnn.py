@@ -1,0 +1,71 @@
+"""The small CNN of the Keras MNIST tutorial: conv 32 3x3 relu, max-pool 2, dense 128, dense 10.
+
+Widths, dropout and batch norm are fields, so the same plugin covers the tutorial's variations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+import framework
+
+
+class CNN(nn.Module):
+    conv_features: Sequence[int]
+    dense_features: Sequence[int]
+    num_classes: int
+    kernel_size: int = 3
+    padding: str = "VALID"
+    dropout_rate: float = 0.0
+    batch_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x = x.astype(self.dtype)
+        for features in self.conv_features:
+            x = nn.Conv(features, (self.kernel_size,) * 2, padding=self.padding, dtype=self.dtype,
+                        use_bias=not self.batch_norm)(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        for features in self.dense_features:
+            x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "conv_features": (32,),  # One conv + max-pool block per entry.
+        "dense_features": (128,),  # Hidden dense layers before the classifier.
+        "kernel_size": 3,
+        "padding": "VALID",  # As Keras' Conv2D default.
+        "dropout_rate": 0.0,  # After each hidden dense layer.
+        "batch_norm": False,  # After each conv, before the relu.
+    })
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    framework.check(0.0 <= config.dropout_rate < 1.0, "dropout_rate",
+                    f"must be in [0, 1), got {config.dropout_rate}.")
+    framework.check(config.padding in ("VALID", "SAME"), "padding",
+                    f"must be 'VALID' or 'SAME', got {config.padding!r}.")
+
+
+def build(config: ml_collections.ConfigDict, metadata: framework.DatasetMetadata,
+          dtype: Any) -> CNN:
+    return CNN(conv_features=tuple(config.conv_features),
+               dense_features=tuple(config.dense_features), num_classes=metadata.num_classes,
+               kernel_size=config.kernel_size, padding=config.padding,
+               dropout_rate=config.dropout_rate, batch_norm=config.batch_norm, dtype=dtype)
+
+
+plugin = framework.Plugin(build=build, default_config=default_config, validate=validate,
+                          api_version=1, description=__doc__.splitlines()[0])

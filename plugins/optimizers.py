@@ -1,0 +1,50 @@
+"""SGD (momentum, Nesterov), Adam and AdamW from optax, with optax learning-rate schedules.
+
+Every optimizer has the schedule fields of `framework.schedule_fields()`: `learning_rate`,
+`schedule` (constant | cosine | warmup_cosine | piecewise), `warmup_steps`,
+`end_learning_rate`, `boundaries`, `scales`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+import framework
+
+
+def _fields(**extra: object) -> ml_collections.ConfigDict:
+    config = framework.schedule_fields()
+    config.update(extra)
+    return config
+
+
+def _sgd(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    return optax.sgd(framework.make_schedule(config, num_steps),
+                     momentum=config.momentum or None, nesterov=config.nesterov)
+
+
+def _adam(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    return optax.adam(framework.make_schedule(config, num_steps), b1=config.b1, b2=config.b2,
+                      eps=config.eps)
+
+
+def _adamw(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    return optax.adamw(framework.make_schedule(config, num_steps), b1=config.b1, b2=config.b2,
+                       eps=config.eps, weight_decay=config.weight_decay)
+
+
+sgd = framework.Plugin(
+    build=_sgd, default_config=lambda: _fields(learning_rate=0.1, momentum=0.9, nesterov=False),
+    validate=framework.validate_schedule, api_version=1,
+    description="Stochastic gradient descent with optional (Nesterov) momentum.")
+
+adam = framework.Plugin(
+    build=_adam, default_config=lambda: _fields(b1=0.9, b2=0.999, eps=1e-7),
+    validate=framework.validate_schedule, api_version=1,
+    description="Adam (eps=1e-7 as in Keras).")
+
+adamw = framework.Plugin(
+    build=_adamw, default_config=lambda: _fields(b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4),
+    validate=framework.validate_schedule, api_version=1,
+    description="Adam with decoupled weight decay.")
