@@ -115,14 +115,15 @@ def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict
         if accumulator is None:  # Metric names come from the model's loss: ask for the shapes.
             shapes = jax.eval_shape(eval_step, state, empty_accumulator(), batch)
             accumulator = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        accumulator = eval_step(state, accumulator, batch)
+        previous, accumulator = accumulator, eval_step(state, accumulator, batch)
+        previous["count"].block_until_ready()  # At most two dispatches in flight (see train).
     if accumulator is None:
         raise JaxforgeError(f"Dataset {experiment.config.dataset.name!r} has no eval examples.")
     return accumulated_means(jax.device_get(accumulator), "eval")
 
 
 def _jit_eval_step(experiment: Experiment) -> Any:
-    return jax.jit(make_eval_step(experiment.model), donate_argnums=(1,))
+    return jax.jit(make_eval_step(experiment.model))
 
 
 def _abstract_state(experiment: Experiment) -> Any:
@@ -166,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                      experiment.augmentations), donate_argnums=(0, 1))
+                                      experiment.augmentations), donate_argnums=(0,))
     eval_step = _jit_eval_step(experiment)
     batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
     prefetcher = DevicePrefetcher(
@@ -184,7 +185,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                     lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
                     out_shardings=mesh_lib.replicated(experiment.mesh))
                 accumulator = zero_accumulator()
-            state, accumulator = step_fn(state, accumulator, batches)
+            previous, (state, accumulator) = accumulator, step_fn(state, accumulator, batches)
+            # Wait for the previous dispatch (its accumulator is not donated): the host stays one
+            # dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
+            # in-process collectives cannot deadlock on a pile of queued multi-device programs.
+            previous["count"].block_until_ready()
             step += jax.tree.leaves(batches)[0].shape[0]
 
             record: dict[str, float] = {}
@@ -242,15 +247,16 @@ def _summary_line(summary: dict[str, Any]) -> str:
             f"checkpoint {summary['checkpoint']}")
 
 
-def evaluate(workdir: str | Path, step: int | None = None) -> dict[str, Any]:
-    """Evaluate a workdir's latest (or given) checkpoint on the whole eval split."""
+def restore(workdir: str | Path, step: int | None = None
+            ) -> tuple[Experiment, TrainState, int]:
+    """Rebuild a workdir's experiment from its config.json and restore a checkpoint's state."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.exists():
         raise JaxforgeError(f"{workdir} has no config.json: it is not a jaxforge workdir.")
-    config = config_lib.from_json_file(config_file)
-    experiment = build_experiment(config)
-    checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep, False)
+    experiment = build_experiment(config_lib.from_json_file(config_file))
+    checkpointer = Checkpointer(workdir / "checkpoints", experiment.config.checkpoint.max_to_keep,
+                                async_save=False)
     try:
         step = step if step is not None else checkpointer.latest_step()
         if step is None:
@@ -258,5 +264,10 @@ def evaluate(workdir: str | Path, step: int | None = None) -> dict[str, Any]:
         state, _ = checkpointer.restore(step, _abstract_state(experiment))
     finally:
         checkpointer.close()
-    return {"step": step, **_evaluate(experiment, _jit_eval_step(experiment), state)}
+    return experiment, state, step
 
+
+def evaluate(workdir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Evaluate a workdir's latest (or given) checkpoint on the whole eval split."""
+    experiment, state, step = restore(workdir, step)
+    return {"step": step, **_evaluate(experiment, _jit_eval_step(experiment), state)}

@@ -22,8 +22,8 @@ Accumulator = dict[str, jax.Array]  # {"count": n, "<metric>": sum over n}
 
 
 def empty_accumulator() -> Accumulator:
-    """Only the count: a step adds the metric keys it produces (their names come from the model,
-    so the loop takes the full structure from `jax.eval_shape` of a step)."""
+    """Only the count. A step given it adds the metric keys the model produces; the loop takes
+    that full structure from `jax.eval_shape` of a step, so the compiled step sees one shape."""
     return {"count": jnp.zeros((), jnp.float32)}
 
 
@@ -76,6 +76,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     def train_step(state: TrainState, accumulator: Accumulator, batches: Batch
                    ) -> tuple[TrainState, Accumulator]:
         steps = jax.tree.leaves(batches)[0].shape[0]
+        if set(accumulator) == {"count"}:  # An empty accumulator: the model names the metrics.
+            first = jax.tree.map(lambda x: x[0], batches)
+            names = jax.eval_shape(one_step, state, first)[1]
+            accumulator = {**{k: jnp.zeros((), jnp.float32) for k in names}, **accumulator}
         if steps == 1:  # No loop at all: one step costs what a hand-written step costs.
             state, metrics = one_step(state, jax.tree.map(lambda x: x[0], batches))
             return state, add(accumulator, metrics)

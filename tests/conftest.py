@@ -22,6 +22,11 @@ def tiny_config(**sections) -> ml_collections.ConfigDict:
         "checkpoint": {"every_steps": 20},
     })
     for name, values in sections.items():
+        values = dict(values)
+        if name == "dataset" and "name" in values:
+            values.setdefault("batch_size", 32)
+        if name not in config or "name" in values:  # Another plugin: its own fields only.
+            config[name] = ml_collections.ConfigDict()
         for key, value in values.items():
             config[name][key] = value
     return config

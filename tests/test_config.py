@@ -1,0 +1,118 @@
+"""Config resolution: plugin defaults merged, overrides typed, every mistake one clear error."""
+
+import ml_collections
+import pytest
+
+from framework import config as config_lib
+from framework.errors import ConfigError
+
+
+def resolve(user, *overrides):
+    return config_lib.resolve(ml_collections.ConfigDict(user), list(overrides))
+
+
+BASE = {"train": {"num_steps": 10}}
+
+
+def test_plugin_defaults_are_merged_and_config_is_locked():
+    config = resolve({"model": {"name": "cnn", "dropout_rate": 0.5}, **BASE})
+    assert config.model.conv_features == (32,) and config.model.dropout_rate == 0.5
+    assert config.optimizer.name == "adam" and config.optimizer.learning_rate == 1e-3
+    assert config.dataset.name == "digits" and config.dataset.image_size == 8
+    with pytest.raises(AttributeError):
+        config.model.new_field = 1
+
+
+def test_overrides_are_typed_by_the_field_they_replace():
+    config = resolve(BASE, "--config.optimizer.learning_rate=3e-4", "--config.train.num_steps",
+                     "7", "--config.model.conv_features=(8, 16)", "--config.model.batch_norm=true",
+                     "--config.dataset.eval_batch_size=50")
+    assert config.optimizer.learning_rate == 3e-4 and config.train.num_steps == 7
+    assert config.model.conv_features == (8, 16) and config.model.batch_norm is True
+    assert config.dataset.eval_batch_size == 50
+
+
+def test_switching_plugin_by_override_brings_its_defaults():
+    config = resolve(BASE, "--config.model.name=mlp", "--config.model.hidden_sizes=(7,)",
+                     "--config.regularizers.l2.weight=0.01")
+    assert config.model.hidden_sizes == (7,) and "conv_features" not in config.model
+    assert config.regularizers.l2.weight == 0.01 and config.regularizers.l2.include == ".*"
+
+
+def test_run_length_override_replaces_the_files_choice():
+    config = resolve({"train": {"num_epochs": 3.0}}, "--config.train.num_steps=5")
+    assert config.train.num_steps == 5 and config.train.num_epochs is None
+
+
+@pytest.mark.parametrize("user, overrides, expected", [
+    (BASE, ["--config.train.num_step=5"],
+     "Unknown config key config.train.num_step. Did you mean config.train.num_steps?"),
+    (BASE, ["--config.train.batch_size=5"],
+     "Unknown config key config.train.batch_size. Did you mean config.dataset.batch_size?"),
+    ({"trian": {}, **BASE}, [], "Unknown config key config.trian. Did you mean config.train?"),
+    ({"model": {"name": "cnn", "dropuot_rate": 0.1}, **BASE}, [],
+     "Did you mean config.model.dropout_rate?"),
+    (BASE, ["--config.train.num_steps=abc"], "config.train.num_steps must be an int, got 'abc'"),
+    ({"train": {"num_steps": "ten"}}, [], "config.train.num_steps must be an int, got str 'ten'"),
+    (BASE, ["--config.dataset.batch_size=-64"], "config.dataset.batch_size must be a positive"),
+    (BASE, ["--config.model.name=cnnn"], "Unknown model plugin 'cnnn'. Did you mean 'cnn'?"),
+    (BASE, ["--config.regularizers.l3.weight=1"], "Unknown regularizer plugin 'l3'"),
+    (BASE, ["--config.optimizer.learning_rate=-1"],
+     "config.optimizer.learning_rate must be > 0, got -1.0"),
+    (BASE, ["--config.regularizers.l2.weight=-1"], "config.regularizers.l2.weight must be >= 0"),
+    (BASE, ["--config.train.precision=float64"], "config.train.precision must be one of"),
+    ({"train": {}}, [], "give train.num_steps (optimizer steps) or train.num_epochs"),
+    (BASE, ["--config.train.steps_per_dispatch=3"],
+     "config.train.log_every_steps=100 is not a multiple of train.steps_per_dispatch=3; "
+     "use 99 or 102"),
+    (BASE, ["--config.mesh.data=0"], "config.mesh.data must be a positive int or -1"),
+    (BASE, ["--config.seed.x=1"], "config.seed is a int, not a section"),
+    (BASE, ["config.seed=1"], "Unexpected argument 'config.seed=1'"),
+    (BASE, ["--config.seed"], "--config.seed has no value"),
+])
+def test_mistakes_give_one_clear_error(user, overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        resolve(user, *overrides)
+    assert expected in str(error.value)
+
+
+def test_config_file_errors_name_the_file_and_line(tmp_path):
+    missing = tmp_path / "missing.py"
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_lib.load_experiment(str(missing))
+    raising = tmp_path / "raising.py"
+    raising.write_text("def get_config():\n    x = 1\n    return 1 / 0\n")
+    with pytest.raises(ConfigError, match=r"raised ZeroDivisionError at line 3"):
+        config_lib.load_experiment(str(raising))
+    no_function = tmp_path / "empty.py"
+    no_function.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="has no get_config"):
+        config_lib.load_experiment(str(no_function))
+    wrong_type = tmp_path / "dict.py"
+    wrong_type.write_text("def get_config():\n    return {'seed': 1}\n")
+    with pytest.raises(ConfigError, match="returned a dict"):
+        config_lib.load_experiment(str(wrong_type))
+
+
+def test_config_file_argument_is_passed_to_get_config(tmp_path):
+    file = tmp_path / "sized.py"
+    file.write_text("import ml_collections\n"
+                    "def get_config(arg):\n"
+                    "    return ml_collections.ConfigDict({'train': {'num_steps': int(arg)}})\n")
+    assert config_lib.load_and_resolve(f"{file}:12").train.num_steps == 12
+
+
+def test_every_experiment_resolves():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.parent.glob("experiments/*.py")):
+        config = config_lib.load_and_resolve(str(path))
+        assert config.is_locked, path
+
+
+def test_resolved_config_round_trips_through_json(tmp_path):
+    config = resolve({"model": {"name": "cnn", "conv_features": (8, 8)}, **BASE},
+                     "--config.regularizers.l1.weight=0.5")
+    path = tmp_path / "config.json"
+    path.write_text(config_lib.to_json(config))
+    assert config_lib.from_json_file(path).to_dict() == config.to_dict()
