@@ -177,6 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     accumulator, zero_accumulator = None, None
     step, stop_reason = start_step, ""
     last_log_time, last_log_step = time.perf_counter(), start_step
+    paused = 0.0  # Seconds spent evaluating and saving since the last log: not training time.
     try:
         for batches, data_state in prefetcher:
             if zero_accumulator is None:
@@ -196,13 +197,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
             if _every(step, train_cfg.log_every_steps, num_steps):
                 record.update(accumulated_means(jax.device_get(accumulator), "train"))
                 now = time.perf_counter()
-                record["steps_per_sec"] = (step - last_log_step) / (now - last_log_time)
-                last_log_time, last_log_step = now, step
+                record["steps_per_sec"] = (step - last_log_step) / (now - last_log_time - paused)
+                last_log_time, last_log_step, paused = now, step, 0.0
                 accumulator = zero_accumulator()
                 for callback in experiment.callbacks:
                     callback.on_log(step, record, state)
             if _every(step, train_cfg.eval_every_steps, num_steps):
+                pause_start = time.perf_counter()
                 eval_metrics = _evaluate(experiment, eval_step, state)
+                paused += time.perf_counter() - pause_start
                 record.update(eval_metrics)
                 for callback in experiment.callbacks:
                     callback.on_eval(step, eval_metrics, state)
@@ -213,7 +216,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
             if stopper is not None:
                 stop_reason = stopper.stop_reason or f"{type(stopper).__name__} stopped training"
             if _every(step, config.checkpoint.every_steps, num_steps) or stop_reason:
+                pause_start = time.perf_counter()
                 checkpointer.save(step, state, data_state, _provenance(config))
+                paused += time.perf_counter() - pause_start
                 for callback in experiment.callbacks:
                     callback.on_checkpoint(step, state)
             if stop_reason:

@@ -151,7 +151,7 @@ class Registry:
         if matches:
             info = matches[0]
             raise PluginError(f"The {kind[:-1]} plugin {info.id!r} is disabled ({info.reason}).")
-        candidates = sorted({i.name for i in infos} | {i.id for i in infos})
+        candidates = sorted({i.id if ":" in name else i.name for i in infos})
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         installed = ", ".join(i.id for i in infos if i.status != "disabled") or "none"

@@ -1,0 +1,103 @@
+"""The `jaxforge` command: exit codes, one-line errors, train / resume / eval / config show."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from framework.cli import main
+
+EXPERIMENT = textwrap.dedent("""
+    import ml_collections
+
+    def get_config():
+        return ml_collections.ConfigDict({
+            "model": {"name": "mlp", "hidden_sizes": (16,)},
+            "dataset": {"name": "synthetic", "shape": (4, 4, 1), "num_classes": 3,
+                        "num_train": 128, "num_eval": 40, "batch_size": 16},
+            "train": {"num_steps": 16, "log_every_steps": 8, "eval_every_steps": 8},
+            "checkpoint": {"every_steps": 8},
+        })
+""")
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(EXPERIMENT)
+    return str(path)
+
+
+def jaxforge(*args):
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, "XLA_FLAGS": ""}, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_resume_and_eval_from_the_command_line(tmp_path, experiment):
+    workdir = tmp_path / "run"
+    first = jaxforge("train", "--config", experiment, "--workdir", str(workdir))
+    assert first.returncode == 0, first.stderr
+    assert "step 16/16" in first.stdout and "Done: 16 steps" in first.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    again = jaxforge("train", "--config", experiment, "--workdir", str(workdir),
+                     "--config.train.num_steps=24")
+    assert again.returncode == 0, again.stderr
+    assert "Resuming from the step-16 checkpoint" in again.stdout
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
+    assert steps == [8, 16, 24]  # The same metrics file continues.
+    evaluated = jaxforge("eval", "--workdir", str(workdir), "--step", "16")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["eval/accuracy"] == pytest.approx(
+        summary["final"]["eval/accuracy"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.train.num_steps=abc"], "config.train.num_steps must be an int, got 'abc'"),
+    (["--config.optimizer.lerning_rate=1"], "Did you mean config.optimizer.learning_rate?"),
+    (["--config.model.name=resnt"], "Did you mean 'resnet'?"),
+    (["--config.dataset.batch_size=0"], "config.dataset.batch_size must be a positive int"),
+    (["--nonsense"], "Unexpected argument '--nonsense'"),
+])
+def test_bad_configs_exit_2_with_one_line_and_train_nothing(tmp_path, experiment, capsys, args,
+                                                            message):
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", experiment, "--workdir", str(workdir), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxforge: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not workdir.exists()
+
+
+def test_missing_config_file_and_unknown_workdir(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.py"), "--workdir", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--workdir", str(tmp_path)]) == 2
+    assert "not a jaxforge workdir" in capsys.readouterr().err
+
+
+def test_argparse_errors_exit_2():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--workdir", "x"])  # --config missing.
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plugins", "list", "--bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_plugins_list_show_and_config_show(experiment, capsys):
+    assert main(["plugins", "list", "--kind", "model"]) == 0
+    listing = capsys.readouterr().out
+    assert "jaxforge:cnn" in listing and "jaxforge:digits" not in listing
+    assert main(["plugins", "show", "cnn"]) == 0
+    shown = capsys.readouterr().out
+    assert "entry point:  plugins.models.cnn:plugin" in shown and "conv_features = (32,)" in shown
+    assert main(["plugins", "show", "nosuch"]) == 2
+    assert "No plugin named 'nosuch'" in capsys.readouterr().err
+    assert main(["config", "show", "--config", experiment, "--config.seed=3"]) == 0
+    resolved = capsys.readouterr().out
+    assert "seed = 3" in resolved and "model.hidden_sizes = (16,)" in resolved
+    assert "optimizer.learning_rate = 0.001" in resolved  # A plugin default, merged in.
