@@ -233,13 +233,15 @@ def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
     base = base_config()
     single = {}
     for section in PLUGIN_SECTIONS:
+        written = user.get(section)
         name = overrides.get(f"{section}.name")
-        if name is None:
-            name = user.get(section, {}).get("name", base[section].name)
-        single[section] = name
+        if name is None and isinstance(written, ml_collections.ConfigDict):
+            name = written.get("name")
+        single[section] = name or base[section].name
     mapped = {}
     for section in PLUGIN_MAPPINGS:
-        names = list(user.get(section, {}).keys())
+        written = user.get(section)
+        names = list(written.keys()) if isinstance(written, ml_collections.ConfigDict) else []
         for key in overrides:
             parts = key.split(".")
             if parts[0] == section and len(parts) > 1 and parts[1] not in names:
@@ -369,12 +371,17 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"may have at most one axis of size -1, got {sizes}.")
 
 
-def _validate_plugins(config: ml_collections.ConfigDict, single: dict[str, str],
-                      mapped: dict[str, list[str]]) -> None:
-    sections = [(PLUGIN_SECTIONS[s], n, s) for s, n in single.items()]
-    sections += [(PLUGIN_MAPPINGS[s], n, f"{s}.{n}") for s, names in mapped.items()
-                 for n in names]
-    for kind, name, path in sections:
+def named_plugins(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+    """(kind, name, section path) of every plugin a resolved config uses."""
+    plugins = [(kind, config[section].name, section)
+               for section, kind in PLUGIN_SECTIONS.items()]
+    plugins += [(kind, name, f"{section}.{name}") for section, kind in PLUGIN_MAPPINGS.items()
+                for name in config[section]]
+    return plugins
+
+
+def _validate_plugins(config: ml_collections.ConfigDict) -> None:
+    for kind, name, path in named_plugins(config):
         validate = getattr(registry.load(kind, name), "validate", None)
         if validate is None:
             continue
@@ -403,7 +410,7 @@ def resolve(user: ml_collections.ConfigDict,
     if overrides:
         _apply_overrides(config, overrides)
     _validate_core(config)
-    _validate_plugins(config, single, mapped)
+    _validate_plugins(config)
     config.lock()
     return config
 

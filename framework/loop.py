@@ -132,8 +132,9 @@ def _abstract_state(experiment: Experiment) -> Any:
 
 
 def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {"plugins": [i.as_dict() for i in registry.loaded()],
-            "config": config.to_dict(), "jax_version": jax.__version__}
+    plugins = [registry.resolve(kind, name).as_dict()
+               for kind, name, _ in config_lib.named_plugins(config)]
+    return {"plugins": plugins, "config": config.to_dict(), "jax_version": jax.__version__}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -162,6 +163,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     data_state = iterator.get_state()
 
     progress = Progress(num_steps, start_step, enabled=is_main)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    progress.message(
+        f"Training {config.model.name} ({num_params:,} parameters) on {config.dataset.name} for "
+        f"{num_steps} steps; mesh {dict(experiment.mesh.shape)} over {jax.device_count()} "
+        f"{jax.default_backend()} device(s); workdir {workdir}")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
