@@ -241,13 +241,19 @@ def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
     mapped = {}
     for section in PLUGIN_MAPPINGS:
         written = user.get(section)
-        names = list(written.keys()) if isinstance(written, ml_collections.ConfigDict) else []
+        names = _insertion_order(written) if isinstance(written, ml_collections.ConfigDict) else []
         for key in overrides:
             parts = key.split(".")
             if parts[0] == section and len(parts) > 1 and parts[1] not in names:
                 names.append(parts[1])
         mapped[section] = names
     return single, mapped
+
+
+def _insertion_order(section: ml_collections.ConfigDict) -> list[str]:
+    """Keys in the order they were written. ConfigDict iterates sorted by default, but the order
+    of e.g. augmentations is the order they are applied in; `_fields` is the only record of it."""
+    return list(section._fields)  # noqa: SLF001
 
 
 def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDict:
@@ -273,6 +279,7 @@ def _schema(single: dict[str, str], mapped: dict[str, list[str]]) -> ml_collecti
             schema[section][key] = value
         schema[section].name = name
     for section, names in mapped.items():
+        schema[section] = ml_collections.ConfigDict(sort_keys=False)  # Applied in this order.
         for name in names:
             schema[section][name] = _plugin_defaults(PLUGIN_MAPPINGS[section], name,
                                                      f"{section}.{name}")
