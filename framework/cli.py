@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             figure = plot.plot_workdirs(args.workdirs, args.output, args.metric)
             panels = sum(ax.get_visible() for ax in figure.axes)
-            print(f"Wrote {args.output}: {panels} panels, {len(args.workdirs)} run(s).")
+            print(f"Wrote {args.output}: {panels} panel(s), {len(args.workdirs)} run(s).")
         elif args.command == "sweep":
             from framework import sweep
 

@@ -84,7 +84,14 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ()) -> Figure:
     tags = select_metrics(runs, metrics)
     rows = [row for row in ROWS if any(_row_of(tag) == row for tag in tags)]
     columns = list(dict.fromkeys(_column_of(tag) for tag in tags))
-    figure = Figure(figsize=(4.5 * len(columns), 3.2 * len(rows) + 0.6), layout="constrained")
+    width = 4.5 * len(columns)
+    # Legend columns that fit the figure's width: about 0.085 inch per character at 10 pt,
+    # plus the line sample; long run names (sweeps) get fewer columns and more legend rows.
+    longest = max(len(run.name) for run in runs)
+    legend_columns = max(1, min(len(runs), int(width / (0.085 * longest + 0.8))))
+    legend_rows = -(-len(runs) // legend_columns)
+    figure = Figure(figsize=(width, 3.2 * len(rows) + 0.3 + 0.25 * legend_rows),
+                    layout="constrained")
     axes = figure.subplots(len(rows), len(columns), squeeze=False)
     legend: dict[str, Any] = {}
     for row_index, row in enumerate(rows):
@@ -108,7 +115,7 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ()) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     figure.legend(list(legend.values()), list(legend.keys()), loc="outside lower center",
-                  ncols=min(len(legend), 3))
+                  ncols=legend_columns)
     return figure
 
 

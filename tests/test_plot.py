@@ -95,5 +95,5 @@ def test_plot_command_writes_the_png_without_jax_and_listing_imports_no_matplotl
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert "after list: []" in result.stdout and "after plot: []" in result.stdout
-    assert f"Wrote {output}: 2 panels, 2 run(s)." in result.stdout
+    assert f"Wrote {output}: 2 panel(s), 2 run(s)." in result.stdout
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
