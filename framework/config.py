@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
         "precision": "float32",  # Compute dtype: float32 | bfloat16. Params stay float32.
         "best_metric": "eval/accuracy",  # What summary.json's `best` selects on.
         "best_mode": "max",  # max | min.
+        # (start, end): a jax.profiler trace of the steps after `start` up to `end`, written to
+        # WORKDIR/profile. Empty: no trace.
+        "profile_steps": (),
     })
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
     config.checkpoint = ml_collections.ConfigDict({
@@ -370,12 +373,31 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"must be one of {', '.join(PRECISIONS)}, got {train.precision!r}.")
     check(train.best_mode in ("min", "max"), "train.best_mode",
           f"must be 'min' or 'max', got {train.best_mode!r}.")
+    _validate_profile_steps(train)
     sizes = dict(config.mesh.items())
     for axis, size in sizes.items():
         check(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
               f"must be a positive int or -1 (all remaining devices), got {size!r}.")
     check(list(sizes.values()).count(-1) <= 1, "mesh",
           f"may have at most one axis of size -1, got {sizes}.")
+
+
+def _validate_profile_steps(train: ml_collections.ConfigDict) -> None:
+    window, k = tuple(train.profile_steps), train.steps_per_dispatch
+    if not window:
+        return
+    example = f"e.g. ({10 * k}, {20 * k}) traces steps {10 * k + 1} to {20 * k}; () traces nothing"
+    check(len(window) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in window),
+          "train.profile_steps", f"must be two ints (start, end) or (), got {window!r}; {example}.")
+    start, end = window
+    check(0 <= start < end, "train.profile_steps",
+          f"must satisfy 0 <= start < end, got {window!r}; {example}.")
+    check(start % k == 0 and end % k == 0, "train.profile_steps",
+          f"bounds must be multiples of train.steps_per_dispatch={k} (traces start and stop "
+          f"between dispatches), got {window!r}; {example}.")
+    if train.num_steps is not None:
+        check(end <= train.num_steps, "train.profile_steps",
+              f"ends at step {end}, after the last step (train.num_steps={train.num_steps}).")
 
 
 def named_plugins(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:

@@ -2,6 +2,9 @@
 
     build the plugins -> init or restore the state -> for each dispatch: step, and at log /
     eval / checkpoint boundaries fetch metrics, evaluate, save -> final save -> summary.json
+
+Logged metrics go to metrics.jsonl and TensorBoard event files; `train.profile_steps` traces a
+window of steps into WORKDIR/profile.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from framework.errors import ConfigError, JaxforgeError
 from framework.input import DevicePrefetcher, to_global_array
 from framework.metrics import MetricsLog, read_metrics, summarize, write_json
 from framework.model import Model
+from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
+from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
 from framework.step import accumulated_means, empty_accumulator, make_eval_step, make_train_step
+from framework.summary_writer import TensorBoardLog
 
 
 @dataclasses.dataclass
@@ -163,12 +169,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     data_state = iterator.get_state()
 
     progress = Progress(num_steps, start_step, enabled=is_main)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    parameters = parameter_table(state.params)
+    if is_main:
+        (workdir / "parameters.txt").write_text(parameters + "\n")
+    progress.message(parameters)
     progress.message(
-        f"Training {config.model.name} ({num_params:,} parameters) on {config.dataset.name} for "
-        f"{num_steps} steps; mesh {dict(experiment.mesh.shape)} over {jax.device_count()} "
-        f"{jax.default_backend()} device(s); workdir {workdir}")
+        f"Training {config.model.name} ({count_parameters(state.params):,} parameters) on "
+        f"{config.dataset.name} for {num_steps} steps; mesh {dict(experiment.mesh.shape)} over "
+        f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
+    tensorboard = TensorBoardLog(workdir, start_step, enabled=is_main)
+    tensorboard.write_hparams(config)
+    profiler = ProfileWindow(train_cfg.profile_steps, workdir / "profile", num_steps)
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
@@ -192,12 +204,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                     lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
                     out_shardings=mesh_lib.replicated(experiment.mesh))
                 accumulator = zero_accumulator()
+            profiler.before_dispatch(step)
             previous, (state, accumulator) = accumulator, step_fn(state, accumulator, batches)
             # Wait for the previous dispatch (its accumulator is not donated): the host stays one
             # dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
             # in-process collectives cannot deadlock on a pile of queued multi-device programs.
             previous["count"].block_until_ready()
             step += jax.tree.leaves(batches)[0].shape[0]
+            profiler.after_dispatch(step, accumulator)
 
             record: dict[str, float] = {}
             if _every(step, train_cfg.log_every_steps, num_steps):
@@ -217,6 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                     callback.on_eval(step, eval_metrics, state)
             if record:
                 metrics_log.write(step, record)
+                tensorboard.write(step, record)
                 progress.update(step, record)
             stopper = next((c for c in experiment.callbacks if c.stop_training), None)
             if stopper is not None:
@@ -231,17 +246,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                 progress.message(f"Stopping early at step {step}: {stop_reason}")
                 break
     finally:
+        profiler.stop()  # Only still tracing when training ended inside the window.
         prefetcher.close()
+        tensorboard.close()
         progress.close()
         checkpointer.wait()
         checkpointer.close()
 
     summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main else [],
                         train_cfg.best_metric, train_cfg.best_mode)
+    wall_time = time.perf_counter() - started
     summary.update({
         "steps": step, "num_steps": num_steps, "resumed_from_step": start_step,
         "stopped_early": bool(stop_reason), "stop_reason": stop_reason,
-        "wall_time_s": round(time.perf_counter() - started, 3),
+        "wall_time_s": round(wall_time, 3),
+        # Steps of this invocation over its wall time: setup, compiles and evaluations included.
+        "steps_per_sec": round((step - start_step) / wall_time, 3),
         "checkpoint": str((workdir / "checkpoints" / str(step)).absolute()),
     })
     for callback in experiment.callbacks:
@@ -253,9 +273,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
-    final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items() if k != "step")
-    return (f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; final {final}; "
-            f"checkpoint {summary['checkpoint']}")
+    """What a run ends with: how far and fast it went, its final and best metrics, where it is."""
+    def metrics(record: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step") or "none"
+
+    best = summary["best"]
+    best_text = (f"{summary['best_metric']} {best[summary['best_metric']]:.4f} at step "
+                 f"{best['step']}" if best else f"no {summary['best_metric']} logged")
+    resumed = summary["resumed_from_step"]
+    resumed_text = f" (resumed from step {resumed})" if resumed else ""
+    return (f"Done: {summary['steps']} steps{resumed_text} in {summary['wall_time_s']:.1f}s, "
+            f"{summary['steps_per_sec']:.1f} steps/s\n"
+            f"  final: {metrics(summary['final'])}\n"
+            f"  best:  {best_text}\n"
+            f"  checkpoint: {summary['checkpoint']}")
 
 
 def restore(workdir: str | Path, step: int | None = None
