@@ -22,6 +22,7 @@ import optax
 
 from framework import config as config_lib
 from framework import mesh as mesh_lib
+from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import DataSource
 from framework.errors import ConfigError, JaxforgeError
@@ -57,7 +58,7 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Build every plugin a config names, and the sharded state initialiser."""
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = mesh_lib.make_mesh(config_lib.mesh_sizes(config))
     context = DataContext(seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count())
     data = registry.load("datasets", config.dataset.name).build(config.dataset, context)
@@ -93,7 +94,11 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)
     create = lambda rng: create_train_state(model, tx, rng, example)  # noqa: E731
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
-    state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+    specs = sharding_lib.param_specs(abstract.params, mesh,
+                                     sharding_lib.parse_rules(config.mesh.rules),
+                                     config.mesh.fsdp_min_size)
+    state_sharding = sharding_lib.state_shardings(abstract, mesh, specs,
+                                                  config.mesh.fsdp_min_size)
     init_state = jax.jit(create, out_shardings=state_sharding)
     return Experiment(config, mesh, data, model, tx, penalties, augmentations, callbacks,
                       num_steps, state_sharding, init_state)
@@ -185,7 +190,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                      experiment.augmentations), donate_argnums=(0,))
+                                      experiment.augmentations), donate_argnums=(0,),
+                      out_shardings=(experiment.state_sharding,
+                                     mesh_lib.replicated(experiment.mesh)))
     eval_step = _jit_eval_step(experiment)
     batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
     prefetcher = DevicePrefetcher(
