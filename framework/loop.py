@@ -104,6 +104,11 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                       num_steps, state_sharding, init_state)
 
 
+def is_main_process() -> bool:
+    """Process 0 writes files and prints; in a multi-process run the others only compute."""
+    return jax.process_index() == 0
+
+
 def _chunk_sizes(start: int, end: int, per_dispatch: int) -> list[int]:
     """Dispatch sizes from `start` to `end`, aligned to multiples of `per_dispatch`."""
     sizes, step = [], start
@@ -154,7 +159,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         config = config_lib.resolve(config)
     started = time.perf_counter()
     workdir = Path(workdir)
-    is_main = jax.process_index() == 0
+    is_main = is_main_process()
     experiment = build_experiment(config)
     train_cfg, num_steps = config.train, experiment.num_steps
     if is_main:
