@@ -79,7 +79,27 @@ def test_one_device_data_parallel_and_fsdp_meshes_train_alike(tmp_path, tiny):
             assert a.keys() == b.keys()
             for key in {"train/loss", "eval/loss"} & a.keys():
                 assert a[key] == pytest.approx(b[key], rel=1e-4), (name, key)
-    params = {name: jax.device_get(loop.restore(tmp_path / name)[1].params) for name in meshes}
+    params = {name: params_of(tmp_path / name) for name in meshes}
     for name in ("data8", "fsdp"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                      params[name], params["one"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [{"data": 4}, {"data": 2, "fsdp": 2, "fsdp_min_size": 256},
+                                  {"data": 1}])
+def test_a_run_saved_on_eight_devices_resumes_on_another_mesh(tmp_path, tiny, mesh):
+    framework.train(framework.resolve_config(tiny()), tmp_path / "straight")
+    framework.train(framework.resolve_config(tiny(train={"num_steps": 20})), tmp_path / "moved")
+    summary = framework.train(framework.resolve_config(tiny(mesh=mesh)), tmp_path / "moved")
+    assert summary["resumed_from_step"] == 20
+    experiment, state, _ = loop.restore(tmp_path / "moved")
+    assert experiment.mesh.devices.size == np.prod([mesh.get(a, 1) for a in ("data", "fsdp")])
+    assert {d for leaf in jax.tree.leaves(state.params) for d in leaf.sharding.device_set} == set(
+        experiment.mesh.devices.flat)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state.params), params_of(tmp_path / "straight"))
+
+
+def params_of(workdir):
+    return jax.device_get(loop.restore(workdir)[1].params)
