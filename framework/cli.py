@@ -187,9 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(metrics, indent=2))
         elif args.command == "doctor":
             _initialize_distributed(args)
+            import jax
+
             from framework import doctor
 
-            print(doctor.report(args.config, extra))
+            text = doctor.report(args.config, extra)
+            if jax.process_index() == 0:
+                print(text)
         elif args.command == "plot":
             from framework import plot
 

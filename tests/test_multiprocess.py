@@ -42,17 +42,18 @@ def device_env(devices: int) -> dict[str, str]:
     return env
 
 
-def jaxforge(args: list[str], num_processes: int = 1, devices: int = 4) -> list[str]:
-    """Run `jaxforge ARGS` as `num_processes` processes on localhost; their outputs, in order."""
+def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
+    """Run `jaxforge ARGS` as one process per entry of `devices` (its local device count) on
+    localhost; each process's exit status and output, in process order."""
     port = free_port()
     procs = []
-    for process_id in range(num_processes):
-        flags = [] if num_processes == 1 else [
-            f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
+    for process_id, count in enumerate(devices):
+        flags = [] if len(devices) == 1 else [
+            f"--coordinator_address=localhost:{port}", f"--num_processes={len(devices)}",
             f"--process_id={process_id}"]
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "framework.cli", *args, *flags], cwd=REPO,
-            env=device_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            env=device_env(count), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     try:
         for proc in procs:
@@ -61,9 +62,15 @@ def jaxforge(args: list[str], num_processes: int = 1, devices: int = 4) -> list[
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output[-4000:]
-    return outputs
+    return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
+
+
+def jaxforge(args: list[str], num_processes: int = 1, devices: int = 4) -> list[str]:
+    """`launch` with `devices` on each process, expecting every process to succeed."""
+    results = launch(args, [devices] * num_processes)
+    for returncode, output in results:
+        assert returncode == 0, output[-4000:]
+    return [output for _, output in results]
 
 
 def params_of(workdir):
@@ -104,3 +111,22 @@ def test_a_checkpoint_from_eight_devices_evaluates_on_four(tmp_path, tiny):
     metrics = json.loads(output[output.index("{"):])
     assert metrics["step"] == 20
     assert metrics["eval/loss"] == pytest.approx(summary["final"]["eval/loss"], rel=1e-5)
+
+
+def test_doctor_reports_two_agreeing_processes_and_the_mesh(tmp_path, tiny):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny(mesh={"data": 2, "fsdp": -1}))
+    first, second = jaxforge(["doctor", f"--config={experiment}"], num_processes=2)
+    assert "processes: 2 (this is process 0)" in first
+    assert "devices: 4 local, 8 global" in first
+    assert "agreement: all 2 process(es) have the same versions and devices" in first
+    assert "{'data': 2, 'fsdp': 4, 'model': 1} over 8 devices" in first
+    assert "16 per process" in first
+    assert "processes:" not in second and "agreement:" not in second  # Only process 0 prints.
+
+
+def test_doctor_fails_clearly_when_processes_see_different_device_counts():
+    results = launch(["doctor"], devices=[4, 3])
+    for returncode, output in results:
+        assert returncode == 2, output[-4000:]
+        assert ("jaxforge: error: the 2 processes disagree: process 1 has 3 devices, process 0 "
+                "has 4.") in output
