@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
         # ((regex on a parameter path, partition spec), ...): the first match places a parameter
         # and its optimizer state, e.g. (("Dense_.*/kernel", (None, "model")),).
         "rules": (),
+        # ((logical axis name, mesh axis or None), ...) for models that annotate parameters with
+        # nn.with_logical_partitioning, e.g. (("mlp", "model"),).
+        "logical_axis_rules": (),
         # Unmatched parameters with at least this many elements are split over `fsdp`.
         "fsdp_min_size": 2 ** 14,
     })
@@ -389,9 +392,10 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"may have at most one axis of size -1, got {sizes}.")
     check(config.mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size",
           f"must be >= 0, got {config.mesh.fsdp_min_size}.")
-    from framework.sharding import parse_rules
+    from framework.sharding import parse_logical_axis_rules, parse_rules
 
     parse_rules(config.mesh.rules)
+    parse_logical_axis_rules(config.mesh.logical_axis_rules)
 
 
 def mesh_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:

@@ -53,7 +53,14 @@ class Model:
         params_rng, dropout_rng = jax.random.split(rng)
         variables = self.module.init({"params": params_rng, "dropout": dropout_rng}, inputs,
                                      train=False)
-        return dict(variables)
+        return dict(nn.unbox(variables))  # Plain arrays; shardings come from the trainer.
+
+    def annotated_variables(self, inputs: jax.Array) -> Variables:
+        """Shapes of the variables with the module's metadata boxes kept (logical axis names of
+        `nn.with_logical_partitioning`), for deriving shardings; computes nothing."""
+        rng = jax.random.PRNGKey(0)
+        return dict(jax.eval_shape(lambda: self.module.init({"params": rng, "dropout": rng},
+                                                             inputs, train=False)))
 
     def apply(self, variables: Variables, inputs: jax.Array, train: bool,
               rngs: dict[str, jax.Array] | None = None) -> tuple[Any, Variables]:

@@ -3,10 +3,12 @@
 A parameter's partition spec is, in order of precedence:
   1. the first of `config.mesh.rules` whose regex `re.search`es its path (`Dense_0/kernel`, as in
      parameters.txt), e.g. `("Dense_.*/kernel", (None, "model"))`;
-  2. the FSDP default: when the mesh's `fsdp` axis has more than one device, a parameter of at
+  2. the Flax logical-axis annotation (`nn.with_logical_partitioning`) the model gave it,
+     mapped to mesh axes by `config.mesh.logical_axis_rules`, e.g. `(("mlp", "model"),)`;
+  3. the FSDP default: when the mesh's `fsdp` axis has more than one device, a parameter of at
      least `config.mesh.fsdp_min_size` elements is split along its largest dimension that the
      `fsdp` size divides;
-  3. replicated.
+  4. replicated.
 Optimizer-state leaves that mirror a parameter (Adam's `mu`/`nu`, momentum) take that parameter's
 spec; other state leaves (counts, steps, rng) are replicated or follow the FSDP default.
 """
@@ -17,6 +19,7 @@ import math
 import re
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -65,6 +68,26 @@ def _partition_spec(spec: Any, where: str) -> PartitionSpec:
     return PartitionSpec(*entries)
 
 
+def parse_logical_axis_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """`((logical name, mesh axis or None), ...)` from the config, checked."""
+    for index, rule in enumerate(rules):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+                and (rule[1] is None or rule[1] in AXES)):
+            raise ConfigError(f"config.mesh.logical_axis_rules[{index}]={rule!r} must be a pair "
+                              f"(logical axis name, mesh axis): the mesh axis one of "
+                              f"{', '.join(AXES)} or None, e.g. ('mlp', 'model').")
+    return tuple((name, axis) for name, axis in rules)
+
+
+def logical_param_specs(annotated_params: Any, logical_axis_rules: Sequence[tuple[str, Any]]
+                        ) -> dict[str, PartitionSpec]:
+    """Mesh specs of the parameters a Flax model annotated with logical axis names, by path."""
+    boxed = jax.tree_util.tree_flatten_with_path(
+        annotated_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+    return {path_text(path): nn.logical_to_mesh_axes(leaf.names, logical_axis_rules)
+            for path, leaf in boxed if isinstance(leaf, nn.LogicallyPartitioned)}
+
+
 def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> PartitionSpec:
     """Split a large array along its largest dimension divisible by `fsdp_size`, else replicate."""
     if fsdp_size <= 1 or math.prod(shape) < min_size:
@@ -92,7 +115,8 @@ def _check_fits(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, path: str
 
 
 def param_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[Rule],
-                fsdp_min_size: int) -> dict[str, PartitionSpec]:
+                fsdp_min_size: int, logical: dict[str, PartitionSpec] | None = None
+                ) -> dict[str, PartitionSpec]:
     """The partition spec of every parameter, keyed by its path."""
     specs = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
@@ -100,6 +124,8 @@ def param_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[Rule],
         rule = next(((regex, spec) for regex, spec in rules if regex.search(name)), None)
         if rule is not None:
             spec, source = rule[1], f"config.mesh.rules entry {rule[0].pattern!r}"
+        elif logical and name in logical:
+            spec, source = logical[name], "the model's logical axis annotation"
         else:
             spec, source = fsdp_spec(leaf.shape, mesh.shape["fsdp"], fsdp_min_size), "FSDP"
         _check_fits(spec, leaf.shape, mesh, name, source)

@@ -4,6 +4,7 @@ and runs on differently shaped meshes train the same model."""
 import json
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -103,3 +104,43 @@ def test_a_run_saved_on_eight_devices_resumes_on_another_mesh(tmp_path, tiny, me
 
 def params_of(workdir):
     return jax.device_get(loop.restore(workdir)[1].params)
+
+
+class AnnotatedMLP(nn.Module):
+    """A model that names its parameters' axes, as models written for model parallelism do."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(32, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("embed", "mlp")))(x))
+        return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("mlp", "vocab")))(x)
+
+
+@pytest.mark.slow
+def test_flax_logical_axis_annotations_place_parameters(tmp_path, tiny):
+    plugin = framework.Plugin(
+        build=lambda config, metadata, dtype: AnnotatedMLP(metadata.num_classes),
+        api_version=framework.PLUGIN_API_VERSION)
+    with framework.registry.registered("models", "annotated", plugin):
+        for name, mesh in {"one": {"data": 1},
+                           "model": {"data": 4, "model": 2,
+                                     "logical_axis_rules": (("mlp", "model"),)}}.items():
+            framework.train(framework.resolve_config(
+                tiny(model={"name": "annotated"}, mesh=mesh, train={"num_steps": 20})),
+                tmp_path / name)
+        experiment, state, _ = loop.restore(tmp_path / "model")
+    assert state.params["Dense_0"]["kernel"].sharding.spec == P(None, "model")
+    assert state.params["Dense_1"]["kernel"].sharding.spec == P("model", None)
+    assert state.params["Dense_0"]["bias"].sharding.spec == P()  # Not annotated.
+    assert state.opt_state[0].mu["Dense_0"]["kernel"].sharding.spec == P(None, "model")
+    for a, b in zip(records(tmp_path / "model"), records(tmp_path / "one"), strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+
+
+def test_logical_axis_rules_must_name_mesh_axes(tiny):
+    with pytest.raises(ConfigError, match="logical_axis_rules\\[0\\]=.*one of data, fsdp, model"):
+        framework.resolve_config(tiny(mesh={"logical_axis_rules": (("mlp", "tensor"),)}))
