@@ -4,7 +4,7 @@ One `jaxforge train` process runs per host (or per GPU group); `jax.distributed.
 connects them through a coordinator, after which every process sees all devices and one jit
 program runs over the global mesh. Flags name the coordinator explicitly; without flags, JAX's
 own cluster detection is used when the environment is a cluster it knows (Cloud TPU VM, SLURM,
-Open MPI, or JAX_COORDINATOR_ADDRESS set); otherwise the run is single-process.
+Open MPI); otherwise the run is single-process.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from framework.errors import JaxforgeError
 def cluster_environment(environ: Mapping[str, str] | None = None) -> str | None:
     """The kind of multi-process launch the environment shows, or None for a plain machine."""
     environ = os.environ if environ is None else environ
-    if environ.get("JAX_COORDINATOR_ADDRESS"):
-        return "JAX_COORDINATOR_ADDRESS"
     if "SLURM_JOB_ID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
         return "SLURM"
     if int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
@@ -63,6 +61,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise JaxforgeError(f"jax.distributed.initialize() failed: {error}") from error
     return True

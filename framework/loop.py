@@ -94,14 +94,8 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)
     create = lambda rng: create_train_state(model, tx, rng, example)  # noqa: E731
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
-    logical = sharding_lib.logical_param_specs(
-        model.annotated_variables(example).get("params", {}),
-        sharding_lib.parse_logical_axis_rules(config.mesh.logical_axis_rules))
-    specs = sharding_lib.param_specs(abstract.params, mesh,
-                                     sharding_lib.parse_rules(config.mesh.rules),
-                                     config.mesh.fsdp_min_size, logical)
-    state_sharding = sharding_lib.state_shardings(abstract, mesh, specs,
-                                                  config.mesh.fsdp_min_size)
+    state_sharding = sharding_lib.train_state_shardings(
+        config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
     init_state = jax.jit(create, out_shardings=state_sharding)
     return Experiment(config, mesh, data, model, tx, penalties, augmentations, callbacks,
                       num_steps, state_sharding, init_state)

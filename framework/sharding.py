@@ -154,3 +154,13 @@ def state_shardings(abstract_state: Any, mesh: Mesh, specs: dict[str, PartitionS
         return NamedSharding(mesh, fsdp_spec(leaf.shape, mesh.shape["fsdp"], fsdp_min_size))
 
     return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def train_state_shardings(mesh_config: Any, mesh: Mesh, abstract_state: Any,
+                          annotated_params: Any) -> Any:
+    """The shardings `config.mesh` asks for, for every array of a train state."""
+    logical = logical_param_specs(annotated_params,
+                                  parse_logical_axis_rules(mesh_config.logical_axis_rules))
+    specs = param_specs(abstract_state.params, mesh, parse_rules(mesh_config.rules),
+                        mesh_config.fsdp_min_size, logical)
+    return state_shardings(abstract_state, mesh, specs, mesh_config.fsdp_min_size)

@@ -23,7 +23,6 @@ def test_incomplete_or_wrong_distributed_flags_are_clear_errors(capsys, flags, m
 @pytest.mark.parametrize("environ, expected", [
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
     ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS"),
 ])
 def test_cluster_launches_are_detected(environ, expected):
     assert cluster_environment(environ) == expected
