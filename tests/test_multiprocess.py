@@ -130,3 +130,12 @@ def test_doctor_fails_clearly_when_processes_see_different_device_counts():
         assert returncode == 2, output[-4000:]
         assert ("jaxforge: error: the 2 processes disagree: process 1 has 3 devices, process 0 "
                 "has 4.") in output
+
+
+def test_a_mesh_too_large_for_all_processes_names_them(tmp_path, tiny):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny())
+    for returncode, output in launch(["doctor", f"--config={experiment}",
+                                      "--config.mesh.data=16"], devices=[4, 4]):
+        assert returncode == 2, output[-4000:]
+        assert ("needs 16 devices but only 8 are available; set one axis to -1 to use all "
+                "devices. (The 8 devices are 2 processes x 4 local devices.)") in output
