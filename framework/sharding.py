@@ -136,9 +136,8 @@ def param_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[Rule],
 def state_shardings(abstract_state: Any, mesh: Mesh, specs: dict[str, PartitionSpec],
                     fsdp_min_size: int) -> Any:
     """NamedShardings for a whole train state: params by `specs`, mirrors of params likewise."""
-    shapes = {name: None for name in specs}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]:
-        shapes[path_text(path)] = tuple(leaf.shape)
+    shapes = {path_text(path): tuple(leaf.shape) for path, leaf
+              in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
     by_length = sorted(specs, key=len, reverse=True)
 
     def sharding(path: Sequence[Any], leaf: Any) -> NamedSharding:
