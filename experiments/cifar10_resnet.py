@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
         "schedule": "warmup_cosine", "warmup_steps": 780})
     config.regularizers = ml_collections.ConfigDict({"l2": {"weight": 2.5e-4}})
-    config.augmentations = ml_collections.ConfigDict(sort_keys=False)  # Applied in this order.
+    config.augmentations = ml_collections.ConfigDict()  # Applied in the order written.
     config.augmentations.random_crop = ml_collections.ConfigDict({"padding": 4})
     config.augmentations.flip = ml_collections.ConfigDict({"probability": 0.5})
     config.train = ml_collections.ConfigDict({

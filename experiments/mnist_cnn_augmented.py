@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
                                                 "batch_size": 64, "eval_batch_size": 1000})
     config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3,
                                                   "schedule": "cosine"})
-    config.augmentations = ml_collections.ConfigDict(sort_keys=False)  # Applied in this order.
+    config.augmentations = ml_collections.ConfigDict()  # Applied in the order written.
     config.augmentations.rotate = ml_collections.ConfigDict({"degrees": 10.0})
     config.augmentations.scale = ml_collections.ConfigDict({"min_scale": 0.9, "max_scale": 1.1})
     config.augmentations.random_crop = ml_collections.ConfigDict({"padding": 2})

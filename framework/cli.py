@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="experiment file defining get_config() (PATH or PATH.py:ARG)")
     train.add_argument("--workdir", required=True, metavar="DIR",
                        help="where config, metrics, checkpoints and summary go; resumed if present")
+    train.add_argument("--allow_config_change", action="store_true",
+                       help="resume a workdir whose config.json differs from this config")
+    train.add_argument("--restore_step", type=int, default=None, metavar="N",
+                       help="resume from this checkpoint instead of the latest")
     _add_distributed_flags(train)
 
     evaluate = commands.add_parser("eval", allow_abbrev=False,
@@ -177,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_lib.load_and_resolve(args.config, extra)
             from framework import loop
 
-            loop.train(config, args.workdir)
+            loop.train(config, args.workdir, allow_config_change=args.allow_config_change,
+                       restore_step=args.restore_step)
         elif args.command == "eval":
             _initialize_distributed(args)
             from framework import loop

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
 from framework.registry import registry
@@ -146,40 +146,50 @@ def parse_override_keys(overrides: Sequence[str]) -> dict[str, str | None]:
 
 def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
     """Parse each override's text as the type of the field it replaces (config_flags)."""
+    for key in overrides:
+        _check_key_exists(config, key)
+    for key, text in overrides.items():
+        parent, name = _parent(config, key), key.rsplit(".", 1)[-1]
+        if isinstance(parent[name], ml_collections.ConfigDict):
+            fields = ", ".join(parent[name].keys()) or "none yet"
+            raise ConfigError(f"config.{key} is a section, not a value: override one of its "
+                              f"fields ({fields}), e.g. --config.{key}.FIELD=VALUE.")
+        if text == "None":  # config_flags parses only real values; None unsets optional fields.
+            if not isinstance(parent._fields[name], FieldReference):  # noqa: SLF001
+                raise ConfigError(f"config.{key} cannot be None; it needs "
+                                  f"{_type_name(parent.get_type(name))}.")
+            parent[name] = None
+            continue
+        old, value = parent[name], _parse_override(config, key, text)
+        if isinstance(old, tuple) and old and not all(_same_kind(v, old[0]) for v in value):
+            raise ConfigError(f"--config.{key}: the items of config.{key} must be "
+                              f"{_type_name(type(old[0]))}s like {old!r}, got {text!r}.")
+        parent[name] = value
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(like))
+
+
+def _parse_override(config: ml_collections.ConfigDict, key: str, text: str) -> Any:
     from absl import flags
     from ml_collections import config_flags
 
-    for key in overrides:
-        _check_key_exists(config, key)
-    overrides = dict(overrides)
-    for key, value in list(overrides.items()):
-        if value == "None":  # Unset an optional field; config_flags parses only real values.
-            try:
-                _set_path(config, key, None)
-            except TypeError:
-                raise ConfigError(f"config.{key} cannot be None.") from None
-            del overrides[key]
-    if not overrides:
-        return
-    argv = ["jaxforge"] + [f"--config.{key}={value}" for key, value in overrides.items()]
+    argv = ["jaxforge", f"--config.{key}={text}"]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, lock_config=True,
                                     sys_argv=argv)
     try:
         flag_values(argv)
-    except flags.Error as error:
-        failed = re.search(r"--config\.([^=\s]+)=", str(error))
-        if failed and failed.group(1) in overrides:
-            key = failed.group(1)
-            expected = _type_name(_parent(config, key).get_type(key.rsplit(".", 1)[-1]))
-            raise ConfigError(f"--config.{key}={overrides[key]}: config.{key} must be {expected}, "
-                              f"got {overrides[key]!r}.") from None
-        raise ConfigError(f"Bad override: {re.sub(r'^flag --', '--', str(error))}") from None
-    except (TypeError, ValueError, AttributeError, KeyError) as error:
-        raise ConfigError(f"Bad override: {error}") from None
-    resolved = flag_values["config"].value
-    for key in overrides:
-        _set_path(config, key, _get_path(resolved, key))
+        return _get_path(flag_values["config"].value, key)
+    except Exception:  # Whatever config_flags raised, the text does not fit the field.
+        expected = _type_name(_parent(config, key).get_type(key.rsplit(".", 1)[-1]))
+        raise ConfigError(f"--config.{key}: config.{key} must be {expected}, got {text!r}."
+                          ) from None
 
 
 def _get_path(config: Any, key: str) -> Any:

@@ -90,7 +90,8 @@ def test_two_processes_train_and_resume_like_one_process_with_eight_devices(tmp_
     train = ["train", f"--config={experiment}", f"--workdir={multi}"]
     jaxforge([*train, "--config.train.num_steps=20"], num_processes=2)
     assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["20"]
-    outputs = jaxforge([*train, "--config.train.num_steps=40"], num_processes=2)
+    outputs = jaxforge([*train, "--config.train.num_steps=40", "--allow_config_change"],
+                       num_processes=2)
     assert "Resuming from the step-20 checkpoint" in outputs[0]
     assert "Resuming" not in outputs[1]  # Only process 0 prints and writes.
     assert json.loads((multi / "summary.json").read_text())["resumed_from_step"] == 20

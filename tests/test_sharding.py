@@ -92,7 +92,8 @@ def test_one_device_data_parallel_and_fsdp_meshes_train_alike(tmp_path, tiny):
 def test_a_run_saved_on_eight_devices_resumes_on_another_mesh(tmp_path, tiny, mesh):
     framework.train(framework.resolve_config(tiny()), tmp_path / "straight")
     framework.train(framework.resolve_config(tiny(train={"num_steps": 20})), tmp_path / "moved")
-    summary = framework.train(framework.resolve_config(tiny(mesh=mesh)), tmp_path / "moved")
+    summary = framework.train(framework.resolve_config(tiny(mesh=mesh)), tmp_path / "moved",
+                              allow_config_change=True)  # More steps, on another mesh.
     assert summary["resumed_from_step"] == 20
     experiment, state, _ = loop.restore(tmp_path / "moved")
     assert experiment.mesh.devices.size == np.prod([mesh.get(a, 1) for a in ("data", "fsdp")])

@@ -121,7 +121,7 @@ def test_training_resumes_from_the_saved_data_position(data_dir, tmp_path, tiny)
             checkpoint={"every_steps": 4}))
 
     assert framework.train(config(8), tmp_path / "resumed")["steps"] == 8  # Mid-epoch 2.
-    resumed = framework.train(config(12), tmp_path / "resumed")
+    resumed = framework.train(config(12), tmp_path / "resumed", allow_config_change=True)
     straight = framework.train(config(12), tmp_path / "straight")
     assert resumed["resumed_from_step"] == 8
     assert resumed["final"]["eval/loss"] == pytest.approx(straight["final"]["eval/loss"],
