@@ -24,6 +24,7 @@ Accumulator = dict[str, jax.Array]  # {"count": n, "<metric>": sum over n, guard
 
 SKIPPED = "skipped_steps"
 _NOT_MEANS = ("count", SKIPPED, nonfinite.FIRST_STEP, nonfinite.FIRST_METRIC)
+LATEST = ("sparsity",)  # Metrics that describe the state, not the step: logged as last seen.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,8 @@ def accumulated_means(accumulator: dict[str, Any], prefix: str) -> dict[str, flo
 
     Metrics average over the steps whose update was applied (NaN when there was none)."""
     count = float(accumulator["count"])
-    means = {f"{prefix}/{k}": float(accumulator[k]) / count if count else float("nan")
-             for k in metric_names(accumulator)}
+    means = {f"{prefix}/{k}": float(accumulator[k]) / (1.0 if k in LATEST else count)
+             if count else float("nan") for k in metric_names(accumulator)}
     if float(accumulator.get(SKIPPED, 0.0)):
         means[f"{prefix}/{SKIPPED}"] = float(accumulator[SKIPPED])
     return means
@@ -147,8 +148,9 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     def add(accumulator: Accumulator, state: TrainState, metrics: dict[str, jax.Array],
             applied: jax.Array, flags: jax.Array) -> Accumulator:
         weight = applied.astype(jnp.float32)
-        summed = {name: accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
-            value.astype(jnp.float32)) for name, value in metrics.items()}
+        summed = {name: jnp.where(applied, value.astype(jnp.float32), accumulator.get(name, 0.0))
+                  if name in LATEST else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
+                      value.astype(jnp.float32)) for name, value in metrics.items()}
         accumulator = nonfinite.record_first(accumulator, flags, state.step)
         return {**accumulator, **summed, "count": accumulator["count"] + weight,
                 SKIPPED: accumulator[SKIPPED] + 1.0 - weight}
