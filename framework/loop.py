@@ -37,8 +37,8 @@ from framework.registry import registry
 from framework.state import TrainState, create_train_state
 from framework.step import (StepOptions, accumulated_means, empty_accumulator, make_eval_step,
                             make_train_step, metric_names)
-from framework.transforms import training_transform
 from framework.summary_writer import TensorBoardLog
+from framework.transforms import training_transform
 
 
 @dataclasses.dataclass
