@@ -122,6 +122,13 @@ def test_every_experiment_resolves():
         assert config.is_locked, path
 
 
+@pytest.mark.parametrize("variant", ["baseline", "l2", "dropout", "augment", "bfloat16",
+                                     "pruned", "early_stopping"])
+def test_every_regularized_digits_variant_resolves(variant):
+    config = config_lib.load_and_resolve(f"experiments/digits_cnn_regularized.py:{variant}")
+    assert config.is_locked
+
+
 def test_resolved_config_round_trips_through_json(tmp_path):
     config = resolve({"model": {"name": "cnn", "conv_features": (8, 8)}, **BASE},
                      "--config.regularizers.l1.weight=0.5")
