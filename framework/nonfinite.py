@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-MODES = ("stop", "skip")
 FIRST_STEP, FIRST_METRIC = "nonfinite_step", "nonfinite_metric"
 
 
