@@ -18,8 +18,8 @@ from plugins.datasets import synthetic
 pytestmark = pytest.mark.slow
 
 
-def run(config, workdir):
-    return framework.train(framework.resolve_config(config), workdir)
+def run(config, workdir, **options):
+    return framework.train(framework.resolve_config(config), workdir, **options)
 
 
 def state_of(workdir, step=None):
@@ -207,7 +207,7 @@ def test_pruning_reaches_its_schedule_and_masks_survive_updates_and_resume(tmp_p
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     summary = run(tiny(regularizers=pruning), straight)
     run(tiny(regularizers=pruning, train={"num_steps": 30}), resumed)
-    run(tiny(regularizers=pruning), resumed)
+    run(tiny(regularizers=pruning), resumed, allow_config_change=True)  # Continue to 40.
     # Kernels 16x32 and 32x4: 0.5 * (1 - 1/2)**3 + ... = 0.4375 after step 10, 0.5 from 20 on.
     assert [r["train/sparsity"] for r in records(straight)] == [0.4375, 0.5, 0.5, 0.5]
     assert summary["sparsity"] == 0.5
