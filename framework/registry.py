@@ -63,7 +63,8 @@ class PluginInfo:
         }
 
 
-def _normalize_distribution(name: str) -> str:
+def normalize_distribution(name: str) -> str:
+    """How a distribution name appears in plugin ids: `Acme-Vision` -> `acme_vision`."""
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
@@ -93,7 +94,7 @@ class Registry:
         autoload = os.environ.get("JAXFORGE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
         for dist in importlib.metadata.distributions():
             try:
-                dist_name = _normalize_distribution(dist.metadata["Name"] or "")
+                dist_name = normalize_distribution(dist.metadata["Name"] or "")
                 entry_points = [ep for ep in dist.entry_points if ep.group in groups]
             except Exception:  # Malformed metadata of an unrelated package: never fatal.
                 continue

@@ -136,7 +136,7 @@ class Subject:
     """One plugin in its experiment; builds what the checks need once, on first use."""
 
     def __init__(self, kind: str, target: Any, config: ml_collections.ConfigDict | None = None,
-                 overrides: Sequence[str] = ()) -> None:
+                 overrides: Sequence[str] | dict[str, str] = ()) -> None:
         self.kind = check_kind(kind)
         self.target = target
         self.info: PluginInfo | None = None
@@ -148,7 +148,7 @@ class Subject:
             where = getattr(build, "__qualname__", type(target).__name__)
             self.label, self.name = f"{LOCAL_DISTRIBUTION}:<{where}>", IN_PROCESS_NAME
         self._experiment = config
-        self._overrides = list(overrides)
+        self._overrides = overrides
 
     @functools.cached_property
     def plugin(self) -> Any:
@@ -170,7 +170,7 @@ class Subject:
     def config(self) -> ml_collections.ConfigDict:
         """The resolved experiment, with this plugin in its section."""
         experiment = ml_collections.ConfigDict(
-            (self._experiment or tiny_config()).to_dict())
+            (tiny_config() if self._experiment is None else self._experiment).to_dict())
         if self.kind in SECTIONS:
             section = SECTIONS[self.kind]
             written = experiment.get(section) or ml_collections.ConfigDict()
@@ -188,7 +188,12 @@ class Subject:
             experiment[section] = ml_collections.ConfigDict({self.name: fields})
         with self.registered(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
-            return config_lib.resolve(experiment, self._overrides)
+            resolved = config_lib.resolve(experiment, self._overrides)
+        if self.kind in SECTIONS and resolved[SECTIONS[self.kind]].name != self.name:
+            raise config_lib.ConfigError(
+                f"config.{SECTIONS[self.kind]}.name is the plugin under check, {self.name!r}; "
+                "do not override it.")
+        return resolved
 
     @property
     def section(self) -> ml_collections.ConfigDict:
@@ -701,8 +706,8 @@ def _regularizer_under_jit(subject: Subject) -> None:
     if isinstance(regularizer, optax.GradientTransformation):
         _check_transformation(regularizer, params, "regularizer")
         return
-    batch = jax.tree.map(jnp.asarray, subject.batch)
-    penalty = lambda p: regularizer(p, batch, subject.outputs)  # noqa: E731
+    batch, outputs = jax.tree.map(jnp.asarray, subject.batch), subject.outputs
+    penalty = lambda p: regularizer(p, batch, outputs)  # noqa: E731
     shape, dtype = _spec(jax.eval_shape(penalty, params))
     _require(shape == () and jnp.issubdtype(dtype, jnp.floating),
              f"The penalty is {dtype}{list(shape)}; it must be a float scalar.")
@@ -822,7 +827,7 @@ def _run(check: Check, subject: Subject) -> CheckResult:
 
 
 def run_checks(kind: str, plugin: Any, config: ml_collections.ConfigDict | None = None,
-               overrides: Sequence[str] = ()) -> list[CheckResult]:
+               overrides: Sequence[str] | dict[str, str] = ()) -> list[CheckResult]:
     """Run every check of `kind` on a plugin (an id or a plugin object); never raises for a
     failing check. `config` is the experiment around it (default `tiny_config()`), `overrides`
     are `--config.a.b=v` strings applied to that experiment."""

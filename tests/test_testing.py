@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import framework
+from framework.cli import main
 from framework.registry import PluginError, registry
 from framework.testing import (ConformanceError, check_plugin, checks_for,
                                parametrize_with_checks, run_checks, tiny_config)
@@ -195,7 +196,14 @@ def test_broken_regularizer_optimizer_augmentation_and_callback_fail():
         "callback_builds"]
 
 
-def test_conforming_augmentation_and_callback_pass():
+def test_conforming_output_penalty_augmentation_and_callback_pass():
+    def confidence(config):  # Penalises confident logits: uses the model's outputs.
+        return lambda params, batch, logits: jnp.mean(jax.nn.logsumexp(logits, axis=-1) ** 2)
+
+    check_plugin("regularizers", framework.Plugin(
+        build=confidence, api_version=1,
+        default_config=lambda: ml_collections.ConfigDict({"weight": 1e-3})))
+
     def flip(config):
         def augment(rng, batch):
             flipped = jax.random.bernoulli(rng, config.probability, (len(batch["inputs"]),))
@@ -264,6 +272,38 @@ def test_unknown_and_ambiguous_ids_are_errors():
         run_checks("models", "resnt")
     with pytest.raises(PluginError, match="No plugin named 'nothing' of any kind"):
         parametrize_with_checks(["nothing"])
+
+
+# jaxforge plugins check ----------------------------------------------------------------------
+
+
+def test_plugins_check_prints_a_table_and_exits_0_when_all_pass(capsys):
+    assert main(["plugins", "check", "synthetic", "jaxforge:digits"]) == 0
+    out = capsys.readouterr().out
+    assert "jaxforge:synthetic (dataset, jaxforge" in out and "jaxforge:digits (dataset" in out
+    assert "  CHECK " in out and "  dataset_shards " in out and " FAIL " not in out
+    assert out.rstrip().endswith("2 plugin(s) checked: 2 passed, 0 failed.")
+
+
+def test_plugins_check_exits_1_naming_the_failures(broken_distribution, capsys):
+    assert main(["plugins", "check", "broken_kit:*"]) == 1
+    out = capsys.readouterr().out
+    assert "  loads " in out and "libfoo.so: cannot open shared object file" in out
+    assert "Importing broken_kit_eager initialised a JAX backend" in out
+    assert out.rstrip().endswith(
+        "2 plugin(s) checked: 0 passed, 2 failed (broken_kit:crashes, broken_kit:eager).")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nosuch"], "No plugin named 'nosuch' of any kind"),
+    (["nosuch:*"], "No installed plugin matches 'nosuch:*'"),
+    (["cnn", "--config", "missing.py"], "Config file 'missing.py' does not exist"),
+    (["cnn", "--config.model"], "--config.model has no value"),
+])
+def test_plugins_check_exits_2_for_what_it_cannot_check(capsys, args, message):
+    assert main(["plugins", "check", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
 
 
 # The pytest plugin ---------------------------------------------------------------------------
