@@ -33,9 +33,10 @@ def _check_name(name: str) -> str:
             "'-' or '_', starting with a letter, e.g. acme-vision.")
     package = normalize_distribution(name)  # Also its plugins' id prefix.
     if package in RESERVED or keyword.iskeyword(package) or package in sys.stdlib_module_names:
+        owner = "jaxforge" if package in RESERVED else "Python"
         raise JaxforgeError(
-            f"The package {package!r} would shadow {'jaxforge' if package in RESERVED else 'Python'}"
-            f"'s own module of that name; choose another name, e.g. {package}-plugins.")
+            f"The package {package!r} would shadow {owner}'s own module of that name; choose "
+            f"another name, e.g. {package}-plugins.")
     return package
 
 

@@ -15,6 +15,7 @@ says what happened and what the contract wants. `jaxforge plugins check ID` runs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,8 +36,9 @@ from framework import config as config_lib
 from framework.data import DataSource
 from framework.model import Model, build_model
 from framework.plugin import Callback, DataContext, DatasetMetadata
-from framework.registry import (KINDS, LOCAL_DISTRIBUTION, PLUGIN_API_VERSION, PluginAPIVersionWarning,
-                                PluginError, PluginInfo, check_contract, check_kind, registry)
+from framework.registry import (KINDS, LOCAL_DISTRIBUTION, PLUGIN_API_VERSION,
+                                PluginAPIVersionWarning, PluginError, PluginInfo, check_contract,
+                                check_kind, registry)
 from framework.state import create_train_state
 
 PluginSpec = str | tuple[str, Any] | tuple[str, Any, ml_collections.ConfigDict | None]
@@ -147,6 +149,7 @@ class Subject:
             build = getattr(target, "build", None)
             where = getattr(build, "__qualname__", type(target).__name__)
             self.label, self.name = f"{LOCAL_DISTRIBUTION}:<{where}>", IN_PROCESS_NAME
+        self.aliases = {self.name} | ({self.info.name} if self.info else set())
         self._experiment = config
         self._overrides = overrides
 
@@ -163,7 +166,7 @@ class Subject:
     def registered(self) -> Any:
         """Make a plugin object resolvable by name (configs name plugins) for a `with` block."""
         if self.info is not None:
-            return _nothing()
+            return contextlib.nullcontext()
         return registry.registered(self.kind, self.name, self.plugin)
 
     @functools.cached_property
@@ -174,7 +177,7 @@ class Subject:
         if self.kind in SECTIONS:
             section = SECTIONS[self.kind]
             written = experiment.get(section) or ml_collections.ConfigDict()
-            if written.get("name") not in (self.name, self.target, getattr(self.info, "name", 0)):
+            if written.get("name") not in self.aliases:  # Another plugin's fields do not apply.
                 framework_fields = config_lib.base_config()[section].keys()
                 written = ml_collections.ConfigDict(
                     {k: v for k, v in written.items() if k in framework_fields})
@@ -183,8 +186,8 @@ class Subject:
         else:
             section = MAPPINGS[self.kind]
             written = experiment.get(section) or ml_collections.ConfigDict()
-            fields = next((written[k] for k in (self.name, getattr(self.info, "name", None))
-                           if k and k in written), ml_collections.ConfigDict())
+            fields = next((written[k] for k in sorted(self.aliases) if k in written),
+                          ml_collections.ConfigDict())
             experiment[section] = ml_collections.ConfigDict({self.name: fields})
         with self.registered(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
@@ -245,14 +248,6 @@ class Subject:
     @functools.cached_property
     def outputs(self) -> Any:
         return self.apply(self.variables, jnp.asarray(self.batch["inputs"]), False)[0]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # Helpers ------------------------------------------------------------------------------------

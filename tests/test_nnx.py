@@ -1,4 +1,4 @@
-"""NNX model plugins: the same functional interface as Linen, the same numbers for the same weights."""
+"""NNX model plugins: one functional interface with Linen, the same numbers for the same weights."""
 
 import flax.linen as nn
 import jax

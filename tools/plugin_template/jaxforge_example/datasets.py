@@ -45,7 +45,8 @@ def _points(rng: np.random.Generator, count: int, config: ml_collections.ConfigD
 def build(config: ml_collections.ConfigDict,
           context: framework.DataContext) -> framework.ArraySource:
     rng = np.random.default_rng(config.data_seed)
-    train, evaluation = _points(rng, config.num_train, config), _points(rng, config.num_eval, config)
+    train = _points(rng, config.num_train, config)
+    evaluation = _points(rng, config.num_eval, config)
     metadata = framework.DatasetMetadata(input_shape=(2,), num_classes=config.num_arms,
                                          num_train=config.num_train, num_eval=config.num_eval)
     return framework.ArraySource(train, evaluation, metadata, config, context)
