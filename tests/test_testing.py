@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -182,6 +183,12 @@ def test_broken_regularizer_optimizer_augmentation_and_callback_fail():
                                   {"weight": 1.0}))
     assert "it must be a float scalar" in failures("regularizers", vector)[
         "regularizer_under_jit"]
+    first_leaf_only = framework.Plugin(api_version=1, build=lambda config: (
+        optax.GradientTransformation(lambda params: (),
+                                     lambda updates, state, params=None: (
+                                         jax.tree.leaves(updates)[0], state))))
+    assert "The regularizer's update has the structure PyTreeDef(*)" in failures(
+        "regularizers", first_leaf_only)["regularizer_under_jit"]
     weightless = framework.Plugin(build=lambda config: lambda params, batch, outputs: 0.0,
                                   api_version=1)
     assert "has no `weight` field" in failures("regularizers", weightless)["regularizer_builds"]
@@ -203,6 +210,9 @@ def test_conforming_output_penalty_augmentation_and_callback_pass():
     check_plugin("regularizers", framework.Plugin(
         build=confidence, api_version=1,
         default_config=lambda: ml_collections.ConfigDict({"weight": 1e-3})))
+    check_plugin("regularizers", framework.Plugin(  # A transformation: decoupled weight decay.
+        build=lambda config: optax.add_decayed_weights(config.rate), api_version=1,
+        default_config=lambda: ml_collections.ConfigDict({"rate": 1e-4})))
 
     def flip(config):
         def augment(rng, batch):
