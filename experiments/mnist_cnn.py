@@ -2,10 +2,11 @@
 
     jaxforge train --config experiments/mnist_cnn.py --workdir runs/mnist_cnn
 
-Needs network access the first time (TFDS downloads and prepares MNIST), or a data_dir prepared
-elsewhere: --config.dataset.data_dir=DIR. Expected, as in the tutorial: about 0.98-0.99
-eval/accuracy on the 10,000 test images after 5 epochs (4,688 steps). Not measured here: this
-machine has no network; the same command runs in the tests against TFDS mock data.
+Needs network access the first time (TFDS downloads MNIST and prepares it as array_record, read
+by Grain without TensorFlow), or a data_dir prepared elsewhere: --config.dataset.data_dir=DIR.
+Expected, as in the tutorial: about 0.98-0.99 eval/accuracy on the 10,000 test images after
+5 epochs (4,688 steps). Not measured here: this machine has no network; the same command runs in
+the tests against TFDS mock data.
 """
 
 import ml_collections

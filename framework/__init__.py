@@ -29,6 +29,7 @@ _LAZY = {
     "ArraySource": "framework.data",
     "DataSource": "framework.data",
     "TrainIterator": "framework.data",
+    "local_batch_size": "framework.data",
     "check": "framework.config",
     "load_config": "framework.config",
     "resolve_config": "framework.config",

@@ -7,40 +7,78 @@ current mesh.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from framework.errors import JaxforgeError
+
 
 class Checkpointer:
-    """The workdir's `checkpoints/`: periodic, final and restored states."""
+    """The workdir's `checkpoints/`: periodic, final and restored states.
+
+    Orbax writes each step into a temporary directory and renames it when complete, so a save
+    cut short (kill -9, power loss) is never taken for a checkpoint; its leftovers are removed.
+    """
 
     def __init__(self, directory: Path, max_to_keep: int, async_save: bool) -> None:
+        self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+                                               enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, data_state: dict[str, Any],
-             provenance: dict[str, Any]) -> None:
-        """Start saving `step` (a no-op when that step is already saved)."""
+             pending_metrics: dict[str, float], provenance: dict[str, Any]) -> None:
+        """Start saving `step` (a no-op when that step is already saved).
+
+        `pending_metrics` are the train-metric sums since the last log: a run stopped between
+        two logs resumes them, so its next log line equals an uninterrupted run's.
+        """
         if step in self._manager.all_steps():
             return
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state),
+            metrics=ocp.args.JsonSave(pending_metrics),
             provenance=ocp.args.JsonSave(provenance)), force=True)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """The state at `step`, placed with `abstract_state`'s shardings, and the data position."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore()))
-        return restored.state, restored.data
+    def restore(self, step: int, abstract_state: Any
+                ) -> tuple[Any, dict[str, Any], dict[str, float]]:
+        """The state at `step` (with `abstract_state`'s shardings), data position, metric sums."""
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(), metrics=ocp.args.JsonRestore()))
+        except Exception as error:
+            others = [s for s in self.all_steps() if s != step]
+            hint = (f"Pass --restore_step with one of the other saved steps: {others}." if others
+                    else "No other checkpoint is saved; start in a new --workdir.")
+            raise JaxforgeError(f"The step-{step} checkpoint in {self.directory} cannot be "
+                                f"restored ({type(error).__name__}: {error}). {hint}") from error
+        return restored.state, restored.data, restored.metrics
+
+    def set_aside_after(self, step: int) -> list[int]:
+        """Move checkpoints later than `step` to `abandoned_checkpoints/` (kept, not deleted),
+        so that the run continued from `step` can save those steps again."""
+        later = [s for s in self.all_steps() if s > step]
+        if later:
+            self._manager.wait_until_finished()
+            aside = self.directory.parent / "abandoned_checkpoints"
+            aside.mkdir(exist_ok=True)
+            for s in later:
+                (self.directory / str(s)).rename(aside / f"{s}.{time.strftime('%Y%m%d-%H%M%S')}")
+            self._manager.reload()
+        return later
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

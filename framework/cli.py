@@ -2,6 +2,8 @@
 
     jaxforge train --config experiments/digits_cnn.py --workdir runs/x [--config.a.b=v ...]
     jaxforge eval --workdir runs/x
+    jaxforge plot runs/x runs/y [--metric loss ...] [-o curves.png]
+    jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
     jaxforge plugins list [--kind KIND] [--json]
     jaxforge plugins show ID [--kind KIND]
     jaxforge plugins check ID [ID ...] [--kind KIND] [--config PATH] [--config.a.b=v ...]
@@ -37,11 +39,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="experiment file defining get_config() (PATH or PATH.py:ARG)")
     train.add_argument("--workdir", required=True, metavar="DIR",
                        help="where config, metrics, checkpoints and summary go; resumed if present")
+    train.add_argument("--allow_config_change", action="store_true",
+                       help="resume a workdir whose config.json differs from this config")
+    train.add_argument("--restore_step", type=int, default=None, metavar="N",
+                       help="resume from this checkpoint instead of the latest")
 
     evaluate = commands.add_parser("eval", allow_abbrev=False,
                                    help="evaluate a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True, metavar="DIR")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    plot = commands.add_parser("plot", allow_abbrev=False,
+                               help="learning curves of one or more runs, as a PNG")
+    plot.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories to overlay")
+    plot.add_argument("--metric", action="append", default=[], metavar="M",
+                      help="a metric to plot, e.g. eval/accuracy, or loss for train/loss and "
+                           "eval/loss; repeat for more (default: every train/ and eval/ metric)")
+    plot.add_argument("-o", "--output", default="curves.png", metavar="FILE",
+                      help="image to write; the extension picks the format (default: curves.png)")
+
+    sweep = commands.add_parser(
+        "sweep", allow_abbrev=False, help="train every combination of some config values",
+        epilog="Sweep a field with --sweep.SECTION.FIELD=V1,V2,...; the cartesian product of all "
+               "--sweep flags runs one after another in DIR/<name>. Fixed overrides: "
+               "--config.SECTION.FIELD=VALUE. Finished runs are skipped when run again.")
+    sweep.add_argument("--config", required=True, metavar="PATH",
+                       help="experiment file defining get_config() (PATH or PATH.py:ARG)")
+    sweep.add_argument("--workdir", required=True, metavar="DIR",
+                       help="holds one workdir per run, sweep.csv and sweep.png")
 
     plugins = commands.add_parser("plugins", help="list and inspect plugins")
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True,
@@ -176,7 +201,8 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
-    takes_overrides = (args.command == "train" or getattr(args, "config_command", None) == "show"
+    takes_overrides = (args.command in ("train", "sweep")
+                       or getattr(args, "config_command", None) == "show"
                        or getattr(args, "plugins_command", None) == "check")
     if extra and not takes_overrides:
         _parser().error(f"unrecognized arguments: {' '.join(extra)}")
@@ -208,12 +234,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_lib.load_and_resolve(args.config, extra)
             from framework import loop
 
-            loop.train(config, args.workdir)
+            loop.train(config, args.workdir, allow_config_change=args.allow_config_change,
+                       restore_step=args.restore_step)
         elif args.command == "eval":
             from framework import loop
 
             metrics = loop.evaluate(args.workdir, args.step)
             print(json.dumps(metrics, indent=2))
+        elif args.command == "plot":
+            from framework import plot
+
+            figure = plot.plot_workdirs(args.workdirs, args.output, args.metric)
+            panels = sum(ax.get_visible() for ax in figure.axes)
+            print(f"Wrote {args.output}: {panels} panel(s), {len(args.workdirs)} run(s).")
+        elif args.command == "sweep":
+            from framework import sweep
+
+            axes, overrides = sweep.split_sweep_args(extra)
+            sweep.run_sweep(args.config, args.workdir, axes, overrides)
     except JaxforgeError as error:
         print(f"jaxforge: error: {error}", file=sys.stderr)
         return 2

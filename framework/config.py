@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
 from framework.registry import registry
@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
         "precision": "float32",  # Compute dtype: float32 | bfloat16. Params stay float32.
         "best_metric": "eval/accuracy",  # What summary.json's `best` selects on.
         "best_mode": "max",  # max | min.
+        # (start, end): a jax.profiler trace of the steps after `start` up to `end`, written to
+        # WORKDIR/profile. Empty: no trace.
+        "profile_steps": (),
     })
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
     config.checkpoint = ml_collections.ConfigDict({
@@ -133,40 +136,50 @@ def parse_override_keys(overrides: Sequence[str]) -> dict[str, str | None]:
 
 def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
     """Parse each override's text as the type of the field it replaces (config_flags)."""
+    for key in overrides:
+        _check_key_exists(config, key)
+    for key, text in overrides.items():
+        parent, name = _parent(config, key), key.rsplit(".", 1)[-1]
+        if isinstance(parent[name], ml_collections.ConfigDict):
+            fields = ", ".join(parent[name].keys()) or "none yet"
+            raise ConfigError(f"config.{key} is a section, not a value: override one of its "
+                              f"fields ({fields}), e.g. --config.{key}.FIELD=VALUE.")
+        if text == "None":  # config_flags parses only real values; None unsets optional fields.
+            if not isinstance(parent._fields[name], FieldReference):  # noqa: SLF001
+                raise ConfigError(f"config.{key} cannot be None; it needs "
+                                  f"{_type_name(parent.get_type(name))}.")
+            parent[name] = None
+            continue
+        old, value = parent[name], _parse_override(config, key, text)
+        if isinstance(old, tuple) and old and not all(_same_kind(v, old[0]) for v in value):
+            raise ConfigError(f"--config.{key}: the items of config.{key} must be "
+                              f"{_type_name(type(old[0]))}s like {old!r}, got {text!r}.")
+        parent[name] = value
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(like))
+
+
+def _parse_override(config: ml_collections.ConfigDict, key: str, text: str) -> Any:
     from absl import flags
     from ml_collections import config_flags
 
-    for key in overrides:
-        _check_key_exists(config, key)
-    overrides = dict(overrides)
-    for key, value in list(overrides.items()):
-        if value == "None":  # Unset an optional field; config_flags parses only real values.
-            try:
-                _set_path(config, key, None)
-            except TypeError:
-                raise ConfigError(f"config.{key} cannot be None.") from None
-            del overrides[key]
-    if not overrides:
-        return
-    argv = ["jaxforge"] + [f"--config.{key}={value}" for key, value in overrides.items()]
+    argv = ["jaxforge", f"--config.{key}={text}"]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, lock_config=True,
                                     sys_argv=argv)
     try:
         flag_values(argv)
-    except flags.Error as error:
-        failed = re.search(r"--config\.([^=\s]+)=", str(error))
-        if failed and failed.group(1) in overrides:
-            key = failed.group(1)
-            expected = _type_name(_parent(config, key).get_type(key.rsplit(".", 1)[-1]))
-            raise ConfigError(f"--config.{key}={overrides[key]}: config.{key} must be {expected}, "
-                              f"got {overrides[key]!r}.") from None
-        raise ConfigError(f"Bad override: {re.sub(r'^flag --', '--', str(error))}") from None
-    except (TypeError, ValueError, AttributeError, KeyError) as error:
-        raise ConfigError(f"Bad override: {error}") from None
-    resolved = flag_values["config"].value
-    for key in overrides:
-        _set_path(config, key, _get_path(resolved, key))
+        return _get_path(flag_values["config"].value, key)
+    except Exception:  # Whatever config_flags raised, the text does not fit the field.
+        expected = _type_name(_parent(config, key).get_type(key.rsplit(".", 1)[-1]))
+        raise ConfigError(f"--config.{key}: config.{key} must be {expected}, got {text!r}."
+                          ) from None
 
 
 def _get_path(config: Any, key: str) -> Any:
@@ -241,13 +254,19 @@ def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
     mapped = {}
     for section in PLUGIN_MAPPINGS:
         written = user.get(section)
-        names = list(written.keys()) if isinstance(written, ml_collections.ConfigDict) else []
+        names = _insertion_order(written) if isinstance(written, ml_collections.ConfigDict) else []
         for key in overrides:
             parts = key.split(".")
             if parts[0] == section and len(parts) > 1 and parts[1] not in names:
                 names.append(parts[1])
         mapped[section] = names
     return single, mapped
+
+
+def _insertion_order(section: ml_collections.ConfigDict) -> list[str]:
+    """Keys in the order they were written. ConfigDict iterates sorted by default, but the order
+    of e.g. augmentations is the order they are applied in; `_fields` is the only record of it."""
+    return list(section._fields)  # noqa: SLF001
 
 
 def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDict:
@@ -273,6 +292,7 @@ def _schema(single: dict[str, str], mapped: dict[str, list[str]]) -> ml_collecti
             schema[section][key] = value
         schema[section].name = name
     for section, names in mapped.items():
+        schema[section] = ml_collections.ConfigDict(sort_keys=False)  # Applied in this order.
         for name in names:
             schema[section][name] = _plugin_defaults(PLUGIN_MAPPINGS[section], name,
                                                      f"{section}.{name}")
@@ -363,12 +383,31 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"must be one of {', '.join(PRECISIONS)}, got {train.precision!r}.")
     check(train.best_mode in ("min", "max"), "train.best_mode",
           f"must be 'min' or 'max', got {train.best_mode!r}.")
+    _validate_profile_steps(train)
     sizes = dict(config.mesh.items())
     for axis, size in sizes.items():
         check(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
               f"must be a positive int or -1 (all remaining devices), got {size!r}.")
     check(list(sizes.values()).count(-1) <= 1, "mesh",
           f"may have at most one axis of size -1, got {sizes}.")
+
+
+def _validate_profile_steps(train: ml_collections.ConfigDict) -> None:
+    window, k = tuple(train.profile_steps), train.steps_per_dispatch
+    if not window:
+        return
+    example = f"e.g. ({10 * k}, {20 * k}) traces steps {10 * k + 1} to {20 * k}; () traces nothing"
+    check(len(window) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in window),
+          "train.profile_steps", f"must be two ints (start, end) or (), got {window!r}; {example}.")
+    start, end = window
+    check(0 <= start < end, "train.profile_steps",
+          f"must satisfy 0 <= start < end, got {window!r}; {example}.")
+    check(start % k == 0 and end % k == 0, "train.profile_steps",
+          f"bounds must be multiples of train.steps_per_dispatch={k} (traces start and stop "
+          f"between dispatches), got {window!r}; {example}.")
+    if train.num_steps is not None:
+        check(end <= train.num_steps, "train.profile_steps",
+              f"ends at step {end}, after the last step (train.num_steps={train.num_steps}).")
 
 
 def named_plugins(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, JaxforgeError
 from framework.plugin import DataContext, DatasetMetadata
 
 Batch = dict[str, np.ndarray]
@@ -38,6 +38,46 @@ class DataSource(Protocol):
     def train_iterator(self) -> TrainIterator: ...
 
     def eval_batches(self) -> Iterator[Batch]: ...  # Local share, padded, with a `mask` key.
+
+
+def check_batch(batch: Batch, metadata: DatasetMetadata, dataset: str) -> None:
+    """Catch a dataset that breaks its own metadata before it reaches the model."""
+    inputs = batch.get("inputs")
+    if inputs is None:
+        raise JaxforgeError(f"Dataset plugin {dataset!r} yielded a batch without 'inputs' "
+                            f"(keys: {', '.join(batch)}).")
+    if tuple(inputs.shape[1:]) != tuple(metadata.input_shape):
+        raise JaxforgeError(
+            f"Dataset plugin {dataset!r} yielded inputs of shape {tuple(inputs.shape)}, but its "
+            f"metadata promises examples of shape {tuple(metadata.input_shape)}.")
+    labels = batch.get("label")
+    if labels is not None and metadata.num_classes > 0 and labels.size:
+        low, high = int(np.min(labels)), int(np.max(labels))
+        if low < 0 or high >= metadata.num_classes:
+            raise JaxforgeError(
+                f"Dataset plugin {dataset!r} yielded labels in [{low}, {high}], outside "
+                f"[0, {metadata.num_classes - 1}] for its {metadata.num_classes} classes.")
+
+
+class CheckedIterator:
+    """A train iterator whose every batch is checked against the dataset's metadata."""
+
+    def __init__(self, iterator: TrainIterator, metadata: DatasetMetadata, dataset: str) -> None:
+        self._iterator, self._metadata, self._dataset = iterator, metadata, dataset
+
+    def __iter__(self) -> CheckedIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._iterator)
+        check_batch(batch, self._metadata, self._dataset)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state)
 
 
 def local_batch_size(global_batch_size: int, context: DataContext, key: str) -> int:

@@ -2,10 +2,14 @@
 
     build the plugins -> init or restore the state -> for each dispatch: step, and at log /
     eval / checkpoint boundaries fetch metrics, evaluate, save -> final save -> summary.json
+
+Logged metrics go to metrics.jsonl and TensorBoard event files; `train.profile_steps` traces a
+window of steps into WORKDIR/profile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -15,21 +19,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from framework import config as config_lib
 from framework import mesh as mesh_lib
 from framework.checkpoint import Checkpointer, abstract_like
-from framework.data import DataSource
+from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
 from framework.input import DevicePrefetcher, to_global_array
 from framework.metrics import MetricsLog, read_metrics, summarize, write_json
 from framework.model import Model, build_model
+from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
+from framework.preemption import StopSignal
+from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
 from framework.step import accumulated_means, empty_accumulator, make_eval_step, make_train_step
+from framework.summary_writer import TensorBoardLog
+from framework.workdir import WorkdirLock, check_config_unchanged
 
 
 @dataclasses.dataclass
@@ -110,6 +120,7 @@ def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict
     sharding = mesh_lib.batch_sharding(experiment.mesh)
     accumulator = None
     for batch in experiment.data.eval_batches():
+        check_batch(batch, experiment.data.metadata, experiment.config.dataset.name)
         batch = to_global_array(batch, sharding)
         if accumulator is None:  # Metric names come from the model's loss: ask for the shapes.
             shapes = jax.eval_shape(eval_step, state, empty_accumulator(), batch)
@@ -136,38 +147,75 @@ def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"plugins": plugins, "config": config.to_dict(), "jax_version": jax.__version__}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) the experiment `config` in `workdir`; returns the summary."""
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          allow_config_change: bool = False, restore_step: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the experiment `config` in `workdir`; returns the summary.
+
+    A workdir holds one run: a second concurrent run is refused, and resuming with a config that
+    differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
+    from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`.
+    """
     if not config.is_locked:
         config = config_lib.resolve(config)
-    started = time.perf_counter()
     workdir = Path(workdir)
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(config, workdir, allow_config_change, restore_step)
+
+
+def _restore_point(checkpointer: Checkpointer, restore_step: int | None) -> int:
+    if restore_step is None:
+        return checkpointer.latest_step() or 0
+    if restore_step not in checkpointer.all_steps():
+        raise JaxforgeError(f"--restore_step={restore_step}: no such checkpoint in "
+                            f"{checkpointer.directory}; saved steps: {checkpointer.all_steps()}.")
+    return restore_step
+
+
+def _pending_metrics(accumulator: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(accumulator).items()}
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
+           restore_step: int | None) -> dict[str, Any]:
+    started = time.perf_counter()
     is_main = jax.process_index() == 0
     experiment = build_experiment(config)
     train_cfg, num_steps = config.train, experiment.num_steps
     if is_main:
+        check_config_unchanged(workdir, config, allow_config_change)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
         write_json(workdir / "plugins.json", _provenance(config)["plugins"])
 
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
-    iterator = experiment.data.train_iterator()
-    start_step = checkpointer.latest_step() or 0
+    iterator = CheckedIterator(experiment.data.train_iterator(), experiment.data.metadata,
+                               config.dataset.name)
+    start_step, pending = _restore_point(checkpointer, restore_step), {}
     if start_step:
-        state, data_state = checkpointer.restore(start_step, _abstract_state(experiment))
+        set_aside = checkpointer.set_aside_after(start_step) if is_main else []
+        state, data_state, pending = checkpointer.restore(start_step, _abstract_state(experiment))
         iterator.set_state(data_state)
+        if set_aside:
+            print(f"Moved the later checkpoints {set_aside} to "
+                  f"{workdir / 'abandoned_checkpoints'}.")
     else:
         state = experiment.init_state(jax.random.PRNGKey(config.seed))
     data_state = iterator.get_state()
 
     progress = Progress(num_steps, start_step, enabled=is_main)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    parameters = parameter_table(state.params)
+    if is_main:
+        (workdir / "parameters.txt").write_text(parameters + "\n")
+    progress.message(parameters)
     progress.message(
-        f"Training {config.model.name} ({num_params:,} parameters) on {config.dataset.name} for "
-        f"{num_steps} steps; mesh {dict(experiment.mesh.shape)} over {jax.device_count()} "
-        f"{jax.default_backend()} device(s); workdir {workdir}")
+        f"Training {config.model.name} ({count_parameters(state.params):,} parameters) on "
+        f"{config.dataset.name} for {num_steps} steps; mesh {dict(experiment.mesh.shape)} over "
+        f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
+    tensorboard = TensorBoardLog(workdir, start_step, enabled=is_main)
+    tensorboard.write_hparams(config)
+    profiler = ProfileWindow(train_cfg.profile_steps, workdir / "profile", num_steps)
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
@@ -180,67 +228,93 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         lambda stacked: to_global_array(stacked, batch_sharding))
 
     accumulator, zero_accumulator = None, None
-    step, stop_reason = start_step, ""
+    step, stop_reason, preempted_by = start_step, "", ""
     last_log_time, last_log_step = time.perf_counter(), start_step
     paused = 0.0  # Seconds spent evaluating and saving since the last log: not training time.
-    try:
-        for batches, data_state in prefetcher:
-            if zero_accumulator is None:
-                shapes = jax.eval_shape(step_fn, state, empty_accumulator(), batches)[1]
-                zero_accumulator = jax.jit(
-                    lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                    out_shardings=mesh_lib.replicated(experiment.mesh))
-                accumulator = zero_accumulator()
-            previous, (state, accumulator) = accumulator, step_fn(state, accumulator, batches)
-            # Wait for the previous dispatch (its accumulator is not donated): the host stays one
-            # dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
-            # in-process collectives cannot deadlock on a pile of queued multi-device programs.
-            previous["count"].block_until_ready()
-            step += jax.tree.leaves(batches)[0].shape[0]
+    with StopSignal() as stop_signal:
+        try:
+            for batches, data_state in prefetcher:
+                if zero_accumulator is None:
+                    shapes = jax.eval_shape(step_fn, state, empty_accumulator(), batches)[1]
+                    zero_accumulator = jax.jit(
+                        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                        out_shardings=mesh_lib.replicated(experiment.mesh))
+                    accumulator = zero_accumulator()
+                    if pending.keys() == accumulator.keys():  # Sums since the last log.
+                        accumulator = jax.device_put(
+                            {k: np.float32(v) for k, v in pending.items()},
+                            mesh_lib.replicated(experiment.mesh))
+                profiler.before_dispatch(step)
+                previous = accumulator
+                state, accumulator = step_fn(state, accumulator, batches)
+                # Wait for the previous dispatch (its accumulator is not donated): the host stays
+                # one dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
+                # in-process collectives cannot deadlock on a pile of queued multi-device programs.
+                previous["count"].block_until_ready()
+                step += jax.tree.leaves(batches)[0].shape[0]
+                profiler.after_dispatch(step, accumulator)
 
-            record: dict[str, float] = {}
-            if _every(step, train_cfg.log_every_steps, num_steps):
-                record.update(accumulated_means(jax.device_get(accumulator), "train"))
-                now = time.perf_counter()
-                record["steps_per_sec"] = (step - last_log_step) / (now - last_log_time - paused)
-                last_log_time, last_log_step, paused = now, step, 0.0
-                accumulator = zero_accumulator()
-                for callback in experiment.callbacks:
-                    callback.on_log(step, record, state)
-            if _every(step, train_cfg.eval_every_steps, num_steps):
-                pause_start = time.perf_counter()
-                eval_metrics = _evaluate(experiment, eval_step, state)
-                paused += time.perf_counter() - pause_start
-                record.update(eval_metrics)
-                for callback in experiment.callbacks:
-                    callback.on_eval(step, eval_metrics, state)
-            if record:
-                metrics_log.write(step, record)
-                progress.update(step, record)
-            stopper = next((c for c in experiment.callbacks if c.stop_training), None)
-            if stopper is not None:
-                stop_reason = stopper.stop_reason or f"{type(stopper).__name__} stopped training"
-            if _every(step, config.checkpoint.every_steps, num_steps) or stop_reason:
-                pause_start = time.perf_counter()
-                checkpointer.save(step, state, data_state, _provenance(config))
-                paused += time.perf_counter() - pause_start
-                for callback in experiment.callbacks:
-                    callback.on_checkpoint(step, state)
-            if stop_reason:
-                progress.message(f"Stopping early at step {step}: {stop_reason}")
-                break
-    finally:
-        prefetcher.close()
-        progress.close()
-        checkpointer.wait()
-        checkpointer.close()
+                record: dict[str, float] = {}
+                if _every(step, train_cfg.log_every_steps, num_steps):
+                    record.update(accumulated_means(jax.device_get(accumulator), "train"))
+                    now = time.perf_counter()
+                    elapsed = now - last_log_time - paused
+                    record["steps_per_sec"] = (step - last_log_step) / elapsed
+                    last_log_time, last_log_step, paused = now, step, 0.0
+                    accumulator = zero_accumulator()
+                    for callback in experiment.callbacks:
+                        callback.on_log(step, record, state)
+                if _every(step, train_cfg.eval_every_steps, num_steps):
+                    pause_start = time.perf_counter()
+                    eval_metrics = _evaluate(experiment, eval_step, state)
+                    paused += time.perf_counter() - pause_start
+                    record.update(eval_metrics)
+                    for callback in experiment.callbacks:
+                        callback.on_eval(step, eval_metrics, state)
+                if record:
+                    metrics_log.write(step, record)
+                    tensorboard.write(step, record)
+                    progress.update(step, record)
+                stopper = next((c for c in experiment.callbacks if c.stop_training), None)
+                if stopper is not None:
+                    stop_reason = (stopper.stop_reason
+                                   or f"{type(stopper).__name__} stopped training")
+                if step < num_steps and stop_signal.should_stop(step):
+                    preempted_by = stop_signal.signal_name or "a preemption notice"
+                if (_every(step, config.checkpoint.every_steps, num_steps) or stop_reason
+                        or preempted_by):
+                    pause_start = time.perf_counter()
+                    checkpointer.save(step, state, data_state, _pending_metrics(accumulator),
+                                      _provenance(config))
+                    paused += time.perf_counter() - pause_start
+                    for callback in experiment.callbacks:
+                        callback.on_checkpoint(step, state)
+                if stop_reason:
+                    progress.message(f"Stopping early at step {step}: {stop_reason}")
+                    break
+                if preempted_by:
+                    progress.message(
+                        f"Stopped at step {step} by {preempted_by}; checkpoint saved in "
+                        f"{checkpointer.directory}. Run the same command again to resume.")
+                    break
+        finally:
+            profiler.stop()  # Only still tracing when training ended inside the window.
+            prefetcher.close()
+            tensorboard.close()
+            progress.close()
+            checkpointer.wait()
+            checkpointer.close()
 
     summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main else [],
                         train_cfg.best_metric, train_cfg.best_mode)
+    wall_time = time.perf_counter() - started
     summary.update({
         "steps": step, "num_steps": num_steps, "resumed_from_step": start_step,
         "stopped_early": bool(stop_reason), "stop_reason": stop_reason,
-        "wall_time_s": round(time.perf_counter() - started, 3),
+        "preempted_by": preempted_by,
+        "wall_time_s": round(wall_time, 3),
+        # Steps of this invocation over its wall time: setup, compiles and evaluations included.
+        "steps_per_sec": round((step - start_step) / wall_time, 3),
         "checkpoint": str((workdir / "checkpoints" / str(step)).absolute()),
     })
     for callback in experiment.callbacks:
@@ -252,9 +326,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
-    final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items() if k != "step")
-    return (f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; final {final}; "
-            f"checkpoint {summary['checkpoint']}")
+    """What a run ends with: how far and fast it went, its final and best metrics, where it is."""
+    def metrics(record: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step") or "none"
+
+    best = summary["best"]
+    best_text = (f"{summary['best_metric']} {best[summary['best_metric']]:.4f} at step "
+                 f"{best['step']}" if best else f"no {summary['best_metric']} logged")
+    resumed = summary["resumed_from_step"]
+    resumed_text = f" (resumed from step {resumed})" if resumed else ""
+    return (f"Done: {summary['steps']} steps{resumed_text} in {summary['wall_time_s']:.1f}s, "
+            f"{summary['steps_per_sec']:.1f} steps/s\n"
+            f"  final: {metrics(summary['final'])}\n"
+            f"  best:  {best_text}\n"
+            f"  checkpoint: {summary['checkpoint']}")
 
 
 def restore(workdir: str | Path, step: int | None = None
@@ -271,7 +356,7 @@ def restore(workdir: str | Path, step: int | None = None
         step = step if step is not None else checkpointer.latest_step()
         if step is None:
             raise JaxforgeError(f"{workdir / 'checkpoints'} holds no checkpoint; train first.")
-        state, _ = checkpointer.restore(step, _abstract_state(experiment))
+        state, _, _ = checkpointer.restore(step, _abstract_state(experiment))
     finally:
         checkpointer.close()
     return experiment, state, step

@@ -38,10 +38,23 @@ NNX_STATE = "state"
 
 def classification_loss(logits: jax.Array, batch: dict[str, jax.Array]
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-example softmax cross-entropy and accuracy, computed in float32."""
+    """Per-example softmax cross-entropy and accuracy, computed in float32.
+
+    A batch mixed by mixup/cutmix carries `label_b` and `label_weight`: the loss and accuracy are
+    then the weighted sums over both labels.
+    """
     logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    accuracy = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
+
+    def loss_and_accuracy(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return loss, (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+    loss, accuracy = loss_and_accuracy(batch["label"])
+    if "label_b" in batch:
+        weight = batch["label_weight"]
+        loss_b, accuracy_b = loss_and_accuracy(batch["label_b"])
+        loss = weight * loss + (1 - weight) * loss_b
+        accuracy = weight * accuracy + (1 - weight) * accuracy_b
     return loss, {"accuracy": accuracy}
 
 

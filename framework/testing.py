@@ -742,15 +742,21 @@ def _augmentation_builds(subject: Subject) -> None:
 
 
 @_check("augmentation_keeps_batch", ["augmentations"],
-        "under jax.jit, the augmented batch has the same keys, shapes and dtypes as the batch, "
-        "and the same rng gives the same augmented batch.")
+        "under jax.jit, the augmented batch keeps every key of the batch with its shape and "
+        "dtype (it may add per-example keys, as mixup adds `label_b` and `label_weight`), and "
+        "the same rng gives the same augmented batch.")
 def _augmentation_keeps_batch(subject: Subject) -> None:
     augment = jax.jit(subject.plugin.build(subject.section))
     batch = jax.tree.map(jnp.asarray, subject.batch)
     augmented = augment(jax.random.PRNGKey(0), batch)
-    _require(isinstance(augmented, dict) and set(augmented) == set(batch),
-             f"The augmentation returned {_describe(augmented)}; it must return the batch's "
-             f"keys {sorted(batch)}.")
+    _require(isinstance(augmented, dict) and set(batch) <= set(augmented),
+             f"The augmentation returned {_describe(augmented)}; it must return a dict with "
+             f"the batch's keys {sorted(batch)}.")
+    size = len(batch["inputs"])
+    for key in set(augmented) - set(batch):
+        _require(jnp.shape(augmented[key])[:1] == (size,), f"The augmentation added "
+                 f"batch[{key!r}] of shape {jnp.shape(augmented[key])}; added keys are per "
+                 f"example, with the batch's leading dimension {size}.")
     for key in batch:
         _require(augmented[key].shape == batch[key].shape
                  and augmented[key].dtype == batch[key].dtype,

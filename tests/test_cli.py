@@ -44,7 +44,7 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path, experiment):
     assert "step 16/16" in first.stdout and "Done: 16 steps" in first.stdout
     summary = json.loads((workdir / "summary.json").read_text())
     again = jaxforge("train", "--config", experiment, "--workdir", str(workdir),
-                     "--config.train.num_steps=24")
+                     "--config.train.num_steps=24", "--allow_config_change")
     assert again.returncode == 0, again.stderr
     assert "Resuming from the step-16 checkpoint" in again.stdout
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]

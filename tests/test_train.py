@@ -16,8 +16,8 @@ from framework.errors import ConfigError
 pytestmark = pytest.mark.slow
 
 
-def run(config, workdir):
-    return framework.train(framework.resolve_config(config), workdir)
+def run(config, workdir, **options):
+    return framework.train(framework.resolve_config(config), workdir, **options)
 
 
 def params_of(workdir, step=None):
@@ -83,7 +83,8 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, tiny):
         with pytest.raises(KeyboardInterrupt):
             run(tiny(callbacks={"crash": {"at_step": 40}}), interrupted)
     assert max(r["step"] for r in records(interrupted)) == 30  # Logged past the checkpoint (20).
-    summary = run(tiny(), interrupted)  # The same command again resumes from step 20.
+    # The same config without the crash resumes from step 20.
+    summary = run(tiny(), interrupted, allow_config_change=True)
     assert summary["resumed_from_step"] == 20 and summary["steps"] == 40
     assert records(interrupted) == [
         {**r, "steps_per_sec": r2["steps_per_sec"]}
@@ -94,7 +95,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, tiny):
 def test_stop_then_continue_to_twice_the_steps_equals_straight(tmp_path, tiny):
     run(tiny(train={"num_steps": 40}), tmp_path / "straight")
     run(tiny(train={"num_steps": 20}), tmp_path / "resumed")
-    summary = run(tiny(train={"num_steps": 40}), tmp_path / "resumed")
+    summary = run(tiny(train={"num_steps": 40}), tmp_path / "resumed", allow_config_change=True)
     assert summary["resumed_from_step"] == 20
     jax.tree.map(np.testing.assert_array_equal, params_of(tmp_path / "straight"),
                  params_of(tmp_path / "resumed"))

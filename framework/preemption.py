@@ -1,0 +1,47 @@
+"""Stop cleanly on SIGTERM/SIGINT: finish the current step, checkpoint, exit 0; resume later.
+
+Cloud TPU VMs and spot GPUs announce preemption with SIGTERM. A first SIGTERM or SIGINT asks the
+loop to stop at the next dispatch boundary; a second SIGINT aborts at once (KeyboardInterrupt).
+In a multi-process run every process must stop at the same step, so the decision comes from
+JAX's preemption sync point (the coordination service sees the signal on any process).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import jax
+
+
+class StopSignal:
+    """A context manager that turns the first SIGTERM/SIGINT into a stop request."""
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # The second Ctrl-C: abort now.
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignal:
+        # Multi-process runs leave SIGTERM to JAX's preemption notifier (see should_stop).
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether all processes stop after `step` (a collective in multi-process runs)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return bool(self.signal_name)

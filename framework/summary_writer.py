@@ -1,0 +1,89 @@
+"""TensorBoard event files for a run: every logged metric as a scalar, the config as hparams.
+
+Written with tensorboardX, so TensorFlow is not needed. tensorboardX queues each event and a
+background thread writes and flushes the file, so logging never waits on the disk. Process 0
+writes (like metrics.jsonl); on the other processes every method does nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+# Events queued before `add_scalar` would wait for the writer thread: far more than a log step
+# adds, so the training loop never blocks on it.
+_MAX_QUEUE = 1000
+# How often the writer thread flushes: a running TensorBoard shows new points within seconds.
+_FLUSH_SECS = 5
+# Event file names hold the time in whole seconds and the host; a run resumed within the same
+# second would reopen (and truncate) the same file. TensorBoard's own writer adds the process id
+# and a counter for this; so do we.
+_writer_count = itertools.count()
+
+
+def hparams_of(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """The config as flat `section.field` hyperparameters of the kinds TensorBoard shows.
+
+    Tuples become their text (`"(32, 64)"`); unset (None) fields are left out.
+    """
+    flat: dict[str, Any] = {}
+
+    def visit(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, (dict, ml_collections.ConfigDict)):
+                visit(value, f"{prefix}{key}.")
+            elif isinstance(value, (bool, int, float, str)):
+                flat[prefix + key] = value
+            elif value is not None:
+                flat[prefix + key] = str(tuple(value) if isinstance(value, list) else value)
+
+    visit(config, "")
+    return flat
+
+
+class TensorBoardLog:
+    """The run's event file in `logdir`, continued after a resume.
+
+    On resume, points logged after the restored step by the interrupted run are hidden
+    (tensorboardX's `purge_step`), so the curves read as one uninterrupted run, as in
+    metrics.jsonl.
+    """
+
+    def __init__(self, logdir: Path, resume_step: int, enabled: bool) -> None:
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(
+                str(logdir), purge_step=resume_step + 1 if resume_step else None,
+                max_queue=_MAX_QUEUE, flush_secs=_FLUSH_SECS,
+                filename_suffix=f".{os.getpid()}.{next(_writer_count)}")
+
+    def write_hparams(self, config: ml_collections.ConfigDict) -> None:
+        """Record the resolved config for TensorBoard's HPARAMS tab.
+
+        Only the session-start record is written: TensorBoard then collects the hyperparameters
+        of every run under its logdir and offers each run's scalars as metrics to compare.
+        """
+        if self._writer is None:
+            return
+        from tensorboardX.summary import hparams
+
+        _, session_start, _ = hparams(hparams_of(config), {})
+        self._writer.file_writer.add_summary(session_start)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        for tag, value in metrics.items():
+            self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Write out everything queued and close the file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,79 @@
+"""Workdir safety: one run per workdir at a time, and no silent change of a run's config.
+
+The lock is an `flock` on `WORKDIR/.lock`: the kernel releases it when the process dies, so a
+crashed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from framework.errors import JaxforgeError
+
+
+class WorkdirLock:
+    """Held for the whole run; a second run on the same workdir is refused."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._path = Path(workdir) / ".lock"
+        self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise JaxforgeError(
+                f"Another run is using {self._path.parent} (pid {holder}). Wait for it to end, "
+                "or give this run another --workdir.") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
+    """`key: old -> new` for every field where the workdir's config.json differs from `config`."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return []
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples compare as lists.
+    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def check_config_unchanged(workdir: Path, config: ml_collections.ConfigDict,
+                           allow_change: bool) -> None:
+    changes = config_changes(workdir, config)
+    if changes and not allow_change:
+        shown = "; ".join(changes[:10]) + ("; ..." if len(changes) > 10 else "")
+        raise JaxforgeError(
+            f"{workdir} holds a run with a different config ({shown}). Resuming it with this "
+            "config would mix two experiments: use another --workdir, or pass "
+            "--allow_config_change to continue it with the new config.")
