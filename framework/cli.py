@@ -2,6 +2,7 @@
 
     jaxforge train --config experiments/digits_cnn.py --workdir runs/x [--config.a.b=v ...]
     jaxforge eval --workdir runs/x
+    jaxforge doctor [--config PATH]
     jaxforge plot runs/x runs/y [--metric loss ...] [-o curves.png]
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
     jaxforge plugins list [--kind KIND] [--json]
@@ -9,6 +10,9 @@
     jaxforge plugins check ID [ID ...] [--kind KIND] [--config PATH] [--config.a.b=v ...]
     jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
+
+`train`, `eval` and `doctor` take --coordinator_address, --num_processes and --process_id for a
+multi-process run (one process per host); on Cloud TPU VMs, SLURM and Open MPI JAX finds them.
 
 A bad config, an unknown plugin or a wrong flag prints one message and exits with status 2;
 `plugins check` exits with status 1 when a plugin fails a conformance check.
@@ -24,6 +28,23 @@ from typing import Sequence
 
 from framework.errors import JaxforgeError
 from framework.registry import KINDS, PluginError, PluginInfo, registry
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process", "one process per host, all started with the same flags but "
+        "--process_id; omit on Cloud TPU VMs, SLURM and Open MPI, where JAX detects them")
+    group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                       help="address of process 0, reachable from every process")
+    group.add_argument("--num_processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument("--process_id", type=int, metavar="I", help="this process, 0..N-1")
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    """Join the other processes before the command touches any device."""
+    from framework import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,11 +64,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume a workdir whose config.json differs from this config")
     train.add_argument("--restore_step", type=int, default=None, metavar="N",
                        help="resume from this checkpoint instead of the latest")
+    _add_distributed_flags(train)
 
     evaluate = commands.add_parser("eval", allow_abbrev=False,
                                    help="evaluate a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True, metavar="DIR")
     evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    _add_distributed_flags(evaluate)
+
+    doctor = commands.add_parser(
+        "doctor", allow_abbrev=False,
+        help="versions, devices and processes; checks that all processes agree")
+    doctor.add_argument("--config", metavar="PATH",
+                        help="also show the mesh this experiment would get (overrides allowed)")
+    _add_distributed_flags(doctor)
 
     plot = commands.add_parser("plot", allow_abbrev=False,
                                help="learning curves of one or more runs, as a PNG")
@@ -202,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
     takes_overrides = (args.command in ("train", "sweep")
+                       or (args.command == "doctor" and args.config is not None)
                        or getattr(args, "config_command", None) == "show"
                        or getattr(args, "plugins_command", None) == "check")
     if extra and not takes_overrides:
@@ -229,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(config_lib.format_config(config_lib.load_and_resolve(args.config, extra)))
         elif args.command == "train":
+            _initialize_distributed(args)
             from framework import config as config_lib
 
             config = config_lib.load_and_resolve(args.config, extra)
@@ -237,10 +269,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.train(config, args.workdir, allow_config_change=args.allow_config_change,
                        restore_step=args.restore_step)
         elif args.command == "eval":
+            _initialize_distributed(args)
             from framework import loop
 
             metrics = loop.evaluate(args.workdir, args.step)
-            print(json.dumps(metrics, indent=2))
+            if loop.is_main_process():
+                print(json.dumps(metrics, indent=2))
+        elif args.command == "doctor":
+            _initialize_distributed(args)
+            import jax
+
+            from framework import doctor
+
+            text = doctor.report(args.config, extra)
+            if jax.process_index() == 0:
+                print(text)
         elif args.command == "plot":
             from framework import plot
 

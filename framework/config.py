@@ -58,7 +58,17 @@ def base_config() -> ml_collections.ConfigDict:
         # WORKDIR/profile. Empty: no trace.
         "profile_steps": (),
     })
-    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    config.mesh = ml_collections.ConfigDict({
+        "data": -1, "fsdp": 1, "model": 1,  # Axis sizes; -1: all remaining devices.
+        # ((regex on a parameter path, partition spec), ...): the first match places a parameter
+        # and its optimizer state, e.g. (("Dense_.*/kernel", (None, "model")),).
+        "rules": (),
+        # ((logical axis name, mesh axis or None), ...) for models that annotate parameters with
+        # nn.with_logical_partitioning, e.g. (("mlp", "model"),).
+        "logical_axis_rules": (),
+        # Unmatched parameters with at least this many elements are split over `fsdp`.
+        "fsdp_min_size": 2 ** 14,
+    })
     config.checkpoint = ml_collections.ConfigDict({
         "every_steps": 500,  # 0: only the final checkpoint.
         "max_to_keep": 3,
@@ -384,12 +394,23 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
     check(train.best_mode in ("min", "max"), "train.best_mode",
           f"must be 'min' or 'max', got {train.best_mode!r}.")
     _validate_profile_steps(train)
-    sizes = dict(config.mesh.items())
+    sizes = mesh_sizes(config)
     for axis, size in sizes.items():
         check(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
               f"must be a positive int or -1 (all remaining devices), got {size!r}.")
     check(list(sizes.values()).count(-1) <= 1, "mesh",
           f"may have at most one axis of size -1, got {sizes}.")
+    check(config.mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size",
+          f"must be >= 0, got {config.mesh.fsdp_min_size}.")
+    from framework.sharding import parse_logical_axis_rules, parse_rules
+
+    parse_rules(config.mesh.rules)
+    parse_logical_axis_rules(config.mesh.logical_axis_rules)
+
+
+def mesh_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The mesh axis sizes of a config (`config.mesh` also holds the sharding rules)."""
+    return {axis: config.mesh[axis] for axis in ("data", "fsdp", "model")}
 
 
 def _validate_profile_steps(train: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ import optax
 
 from framework import config as config_lib
 from framework import mesh as mesh_lib
+from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
@@ -61,7 +62,7 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Build every plugin a config names, and the sharded state initialiser."""
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = mesh_lib.make_mesh(config_lib.mesh_sizes(config))
     context = DataContext(seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count())
     data = registry.load("datasets", config.dataset.name).build(config.dataset, context)
@@ -96,10 +97,16 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)
     create = lambda rng: create_train_state(model, tx, rng, example)  # noqa: E731
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
-    state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+    state_sharding = sharding_lib.train_state_shardings(
+        config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
     init_state = jax.jit(create, out_shardings=state_sharding)
     return Experiment(config, mesh, data, model, tx, penalties, augmentations, callbacks,
                       num_steps, state_sharding, init_state)
+
+
+def is_main_process() -> bool:
+    """Process 0 writes files and prints; in a multi-process run the others only compute."""
+    return jax.process_index() == 0
 
 
 def _chunk_sizes(start: int, end: int, per_dispatch: int) -> list[int]:
@@ -158,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if not config.is_locked:
         config = config_lib.resolve(config)
     workdir = Path(workdir)
-    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    with WorkdirLock(workdir) if is_main_process() else contextlib.nullcontext():
         return _train(config, workdir, allow_config_change, restore_step)
 
 
@@ -178,7 +185,7 @@ def _pending_metrics(accumulator: dict[str, Any]) -> dict[str, float]:
 def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
            restore_step: int | None) -> dict[str, Any]:
     started = time.perf_counter()
-    is_main = jax.process_index() == 0
+    is_main = is_main_process()
     experiment = build_experiment(config)
     train_cfg, num_steps = config.train, experiment.num_steps
     if is_main:
@@ -220,7 +227,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                      experiment.augmentations), donate_argnums=(0,))
+                                      experiment.augmentations), donate_argnums=(0,),
+                      out_shardings=(experiment.state_sharding,
+                                     mesh_lib.replicated(experiment.mesh)))
     eval_step = _jit_eval_step(experiment)
     batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
     prefetcher = DevicePrefetcher(

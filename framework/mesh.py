@@ -36,7 +36,13 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
 def make_mesh(sizes: dict[str, int]) -> Mesh:
     """A mesh over all devices, or over the first N when the sizes ask for fewer (single host)."""
     devices = jax.devices()
-    shape = mesh_shape(dict(sizes), len(devices))
+    try:
+        shape = mesh_shape(dict(sizes), len(devices))
+    except ConfigError as error:
+        if jax.process_count() == 1:
+            raise
+        raise ConfigError(f"{error} (The {len(devices)} devices are {jax.process_count()} "
+                          f"processes x {jax.local_device_count()} local devices.)") from None
     count = math.prod(shape)
     if count < len(devices):
         if jax.process_count() > 1:

@@ -72,6 +72,11 @@ class Model(abc.ABC):
               rngs: dict[str, jax.Array] | None = None) -> tuple[Any, Variables]:
         """Outputs, and the updated mutable collections (e.g. batch statistics) when training."""
 
+    @abc.abstractmethod
+    def annotated_variables(self, inputs: jax.Array) -> Variables:
+        """Shapes of the variables, parameters the module annotated with logical axis names
+        boxed as `nn.LogicallyPartitioned`, for deriving shardings; computes nothing."""
+
 
 class LinenModel(Model):
     """A Linen module called as `module(inputs, train=...)`."""
@@ -84,7 +89,13 @@ class LinenModel(Model):
         params_rng, dropout_rng = jax.random.split(rng)
         variables = self.module.init({"params": params_rng, "dropout": dropout_rng}, inputs,
                                      train=False)
-        return dict(variables)
+        return dict(nn.unbox(variables))  # Plain arrays; shardings come from the trainer.
+
+    def annotated_variables(self, inputs: jax.Array) -> Variables:
+        """The module's own boxes: the logical axis names of `nn.with_logical_partitioning`."""
+        rng = jax.random.PRNGKey(0)
+        return dict(jax.eval_shape(lambda: self.module.init({"params": rng, "dropout": rng},
+                                                             inputs, train=False)))
 
     def apply(self, variables: Variables, inputs: jax.Array, train: bool,
               rngs: dict[str, jax.Array] | None = None) -> tuple[Any, Variables]:
@@ -120,7 +131,10 @@ class NNXModel(Model):
     def __init__(self, construct: Callable[[nnx.Rngs], nnx.Module], loss: LossFn | None = None,
                  name: str = "model") -> None:
         def construct_checked(rngs: nnx.Rngs) -> nnx.Module:
-            module = construct(rngs)
+            # The trainer places the parameters (config.mesh: rules, logical axis names, FSDP);
+            # NNX's own eager sharding of annotated variables would need a mesh context here.
+            with nnx.use_eager_sharding(False):
+                module = construct(rngs)
             if not isinstance(module, nnx.Module):
                 raise PluginError(
                     f"The model plugin {name!r} takes `rngs` in build(), so it must return a "
@@ -131,8 +145,8 @@ class NNXModel(Model):
         self._construct = construct_checked
         abstract = nnx.eval_shape(lambda: construct_checked(
             _construction_rngs(jax.random.PRNGKey(0))))
-        self._graphdef, _, self._abstract_rng_state, _ = nnx.split(
-            abstract, nnx.Param, nnx.RngState, ...)
+        self._graphdef, self._abstract_params, self._abstract_rng_state, self._abstract_other = (
+            nnx.split(abstract, nnx.Param, nnx.RngState, ...))
         self.loss = loss or classification_loss
 
     def init(self, rng: jax.Array, inputs: jax.Array) -> Variables:
@@ -156,6 +170,20 @@ class NNXModel(Model):
             return outputs, {}
         _, _, _, other = nnx.split(module, nnx.Param, nnx.RngState, ...)
         return outputs, {NNX_STATE: nnx.to_pure_dict(other)}
+
+    def annotated_variables(self, inputs: jax.Array) -> Variables:
+        """Parameters created with `nnx.with_partitioning(init, names)` boxed with those names, as
+        Linen's logical axis names: `config.mesh.logical_axis_rules` maps them to mesh axes."""
+
+        def box(variable: nnx.Variable) -> Any:
+            names = variable.get_metadata().get("out_sharding")
+            value = variable.get_value()
+            return nn.LogicallyPartitioned(value, tuple(names)) if names else value
+
+        variables = {"params": nnx.to_pure_dict(self._abstract_params, box)}
+        if other := nnx.to_pure_dict(self._abstract_other):
+            variables[NNX_STATE] = other
+        return variables
 
     def _stream_keys(self, rngs: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """A key for every RNG stream the module holds: the trainer's key of that name, or one

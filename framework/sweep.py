@@ -117,7 +117,8 @@ def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
             try:
                 config_lib.resolve(user, {**fixed, key: value})
             except ConfigError as error:
-                detail = str(error).removeprefix(f"--config.{key}: ")
+                detail = (str(error).removeprefix(f"--config.{key}={value}: ")
+                          .removeprefix(f"--config.{key}: "))
                 raise ConfigError(f"--sweep.{key}={value}: {detail}") from None
     runs = []
     for combination in itertools.product(*axes.values()):

@@ -26,6 +26,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -463,6 +464,10 @@ def _model_init_and_apply(subject: Subject) -> None:
     variables = subject.variables
     _require("params" in variables and jax.tree.leaves(variables["params"]),
              f"init() gave no parameters: {_describe(variables)}.")
+    example = jnp.asarray(subject.batch["inputs"][:1])
+    annotated = nn.unbox(subject.model.annotated_variables(example))
+    _same_structure(annotated["params"], variables["params"],
+                    "The parameters the trainer derives shardings from", "init()'s parameters")
     batch = jax.tree.map(jnp.asarray, subject.batch)
     outputs, updates = subject.apply(variables, batch["inputs"], True,
                                      {"dropout": jax.random.PRNGKey(1)})

@@ -58,14 +58,19 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
-    """`key: old -> new` for every field where the workdir's config.json differs from `config`."""
+    """`key: old -> new` for every field where the workdir's config.json differs from `config`.
+
+    The `mesh` section is left out: it describes the machine, not the experiment, and a run may
+    resume on another topology (the checkpoint is resharded on load).
+    """
     path = Path(workdir) / "config.json"
     if not path.exists():
         return []
     old = _flatten(json.loads(path.read_text()))
     new = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples compare as lists.
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and not key.startswith("mesh.")]
 
 
 def check_config_unchanged(workdir: Path, config: ml_collections.ConfigDict,

@@ -8,8 +8,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 import framework
+from framework import loop
 from framework.model import NNX_STATE, build_model
 from framework.registry import PluginError
 from framework.state import create_train_state
@@ -146,6 +148,33 @@ def test_cnn_nnx_trains_checkpoints_and_evaluates_from_a_config(tmp_path):
     # Restored from the checkpoint (NNX variables as plain dicts) and evaluated again.
     assert framework.evaluate(tmp_path)["eval/accuracy"] == pytest.approx(
         summary["final"]["eval/accuracy"])
+
+
+class AnnotatedNNXMLP(nnx.Module):
+    """Names its kernels' axes with nnx.with_partitioning, as models for model parallelism do."""
+
+    def __init__(self, in_features, num_classes, rngs):
+        init = nnx.initializers.lecun_normal()
+        self.hidden = nnx.Linear(in_features, 32, rngs=rngs,
+                                 kernel_init=nnx.with_partitioning(init, ("embed", "mlp")))
+        self.out = nnx.Linear(32, num_classes, rngs=rngs,
+                              kernel_init=nnx.with_partitioning(init, ("mlp", "vocab")))
+
+    def __call__(self, x, *, train):
+        return self.out(nnx.relu(self.hidden(x.reshape((x.shape[0], -1)))))
+
+
+def test_nnx_partitioning_annotations_place_parameters_by_the_logical_axis_rules(tiny):
+    plugin = framework.Plugin(api_version=framework.PLUGIN_API_VERSION,
+                              build=lambda config, metadata, dtype, rngs: AnnotatedNNXMLP(
+                                  int(np.prod(metadata.input_shape)), metadata.num_classes, rngs))
+    with framework.registry.registered("models", "annotated_nnx", plugin):
+        config = framework.resolve_config(tiny(model={"name": "annotated_nnx"}, mesh={
+            "data": 4, "model": 2, "logical_axis_rules": (("mlp", "model"),)}))
+        state = loop.build_experiment(config).init_state(jax.random.PRNGKey(0))
+    assert state.params["hidden"]["kernel"].sharding.spec == P(None, "model")
+    assert state.params["out"]["kernel"].sharding.spec == P("model", None)
+    assert state.params["hidden"]["bias"].sharding.spec == P()  # Not annotated.
 
 
 class NNXWithoutRngs(nnx.Module):

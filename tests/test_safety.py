@@ -157,6 +157,10 @@ def test_changed_config_is_refused_unless_allowed(tmp_path, tiny, capsys):
     assert "optimizer.learning_rate: 0.01 -> 0.02" in str(error.value)
     assert "--allow_config_change" in str(error.value)
     assert framework.train(changed, tmp_path, allow_config_change=True)["steps"] == 20
+    other_mesh = framework.resolve_config(tiny(train={"num_steps": 20},
+                                               optimizer={"learning_rate": 0.02},
+                                               mesh={"data": 4}))
+    assert framework.train(other_mesh, tmp_path)["steps"] == 20  # The machine may change.
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path, tiny):

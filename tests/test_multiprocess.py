@@ -1,0 +1,142 @@
+"""Real multi-process runs on localhost: 2 processes x 4 CPU devices on JAX's distributed runtime
+(gloo collectives) train exactly what 1 process x 8 devices trains, and checkpoints move between
+topologies (2x4 -> 1x8, 8 devices -> 4)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import framework
+from framework import loop
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def write_experiment(path: Path, config) -> Path:
+    """An experiment file whose get_config() returns `config` (for the `jaxforge` command)."""
+    path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                    f"    return ml_collections.ConfigDict({config.to_dict()!r})\n")
+    return path
+
+
+def device_env(devices: int) -> dict[str, str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
+    """Run `jaxforge ARGS` as one process per entry of `devices` (its local device count) on
+    localhost; each process's exit status and output, in process order."""
+    port = free_port()
+    procs = []
+    for process_id, count in enumerate(devices):
+        flags = [] if len(devices) == 1 else [
+            f"--coordinator_address=localhost:{port}", f"--num_processes={len(devices)}",
+            f"--process_id={process_id}"]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", *args, *flags], cwd=REPO,
+            env=device_env(count), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
+
+
+def jaxforge(args: list[str], num_processes: int = 1, devices: int = 4) -> list[str]:
+    """`launch` with `devices` on each process, expecting every process to succeed."""
+    results = launch(args, [devices] * num_processes)
+    for returncode, output in results:
+        assert returncode == 0, output[-4000:]
+    return [output for _, output in results]
+
+
+def params_of(workdir):
+    return jax.device_get(loop.restore(workdir)[1].params)
+
+
+def records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_and_resume_like_one_process_with_eight_devices(tmp_path, tiny):
+    config = tiny(mesh={"data": 2, "fsdp": -1, "fsdp_min_size": 256})
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    framework.train(framework.resolve_config(config), tmp_path / "single")
+
+    multi = tmp_path / "multi"
+    train = ["train", f"--config={experiment}", f"--workdir={multi}"]
+    jaxforge([*train, "--config.train.num_steps=20"], num_processes=2)
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["20"]
+    outputs = jaxforge([*train, "--config.train.num_steps=40", "--allow_config_change"],
+                       num_processes=2)
+    assert "Resuming from the step-20 checkpoint" in outputs[0]
+    assert "Resuming" not in outputs[1]  # Only process 0 prints and writes.
+    assert json.loads((multi / "summary.json").read_text())["resumed_from_step"] == 20
+
+    single_records, multi_records = records(tmp_path / "single"), records(multi)
+    assert [r["step"] for r in multi_records] == [r["step"] for r in single_records]
+    for a, b in zip(multi_records, single_records):
+        for key in {"train/loss", "eval/loss", "eval/accuracy"} & a.keys():
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    # The 2 x 4 checkpoint restores here, on one process with 8 devices.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params_of(multi), params_of(tmp_path / "single"))
+
+
+def test_a_checkpoint_from_eight_devices_evaluates_on_four(tmp_path, tiny):
+    summary = framework.train(framework.resolve_config(tiny(train={"num_steps": 20})), tmp_path)
+    output = jaxforge(["eval", f"--workdir={tmp_path}"], devices=4)[0]
+    metrics = json.loads(output[output.index("{"):])
+    assert metrics["step"] == 20
+    assert metrics["eval/loss"] == pytest.approx(summary["final"]["eval/loss"], rel=1e-5)
+
+
+def test_doctor_reports_two_agreeing_processes_and_the_mesh(tmp_path, tiny):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny(mesh={"data": 2, "fsdp": -1}))
+    first, second = jaxforge(["doctor", f"--config={experiment}"], num_processes=2)
+    assert "processes: 2 (this is process 0)" in first
+    assert "devices: 4 local, 8 global" in first
+    assert "agreement: all 2 process(es) have the same versions and devices" in first
+    assert "{'data': 2, 'fsdp': 4, 'model': 1} over 8 devices" in first
+    assert "16 per process" in first
+    assert "processes:" not in second and "agreement:" not in second  # Only process 0 prints.
+
+
+def test_doctor_fails_clearly_when_processes_see_different_device_counts():
+    results = launch(["doctor"], devices=[4, 3])
+    for returncode, output in results:
+        assert returncode == 2, output[-4000:]
+        assert ("jaxforge: error: the 2 processes disagree: process 1 has 3 devices, process 0 "
+                "has 4.") in output
+
+
+def test_a_mesh_too_large_for_all_processes_names_them(tmp_path, tiny):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny())
+    for returncode, output in launch(["doctor", f"--config={experiment}",
+                                      "--config.mesh.data=16"], devices=[4, 4]):
+        assert returncode == 2, output[-4000:]
+        assert ("needs 16 devices but only 8 are available; set one axis to -1 to use all "
+                "devices. (The 8 devices are 2 processes x 4 local devices.)") in output
