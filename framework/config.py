@@ -28,7 +28,8 @@ PLUGIN_MAPPINGS = {"regularizers": "regularizers", "augmentations": "augmentatio
                    "callbacks": "callbacks"}
 """Sections that map plugin names to that plugin's fields (`regularizers.l2.weight`)."""
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
+NONFINITE_MODES = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,7 +52,17 @@ def base_config() -> ml_collections.ConfigDict:
         "log_every_steps": 100,
         "eval_every_steps": 500,  # 0: evaluate only at the end.
         "steps_per_dispatch": 1,  # Steps run by one compiled call (a lax.scan).
-        "precision": "float32",  # Compute dtype: float32 | bfloat16. Params stay float32.
+        # Compute dtype: float32 | bfloat16 | float16 (with dynamic loss scaling). Params and
+        # optimizer state stay float32.
+        "precision": "float32",
+        "grad_clip_norm": 0.0,  # Clip gradients to this global norm; 0: no clipping.
+        # Micro-batches per optimizer step: dataset.batch_size is split into this many, their
+        # gradients averaged (optax.MultiSteps). num_steps still counts optimizer steps.
+        "accumulation_steps": 1,
+        "ema_decay": 0.0,  # EMA of the params, used for evaluation; 0: off. E.g. 0.999.
+        # A step with a non-finite loss, metric or gradient: stop (the run ends, naming the step
+        # and metric; the last checkpoint is kept) or skip (drop the update, count it).
+        "on_nonfinite": "stop",
         "best_metric": "eval/accuracy",  # What summary.json's `best` selects on.
         "best_mode": "max",  # max | min.
         # (start, end): a jax.profiler trace of the steps after `start` up to `end`, written to
@@ -391,6 +402,17 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"must be >= 1, got {ckpt.max_to_keep}.")
     check(train.precision in PRECISIONS, "train.precision",
           f"must be one of {', '.join(PRECISIONS)}, got {train.precision!r}.")
+    check(train.grad_clip_norm >= 0, "train.grad_clip_norm",
+          f"must be >= 0 (0 = no clipping), got {train.grad_clip_norm}.")
+    check(train.accumulation_steps >= 1, "train.accumulation_steps",
+          f"must be >= 1 (1 = no accumulation), got {train.accumulation_steps}.")
+    check(config.dataset.batch_size % train.accumulation_steps == 0, "train.accumulation_steps",
+          f"must divide dataset.batch_size={config.dataset.batch_size} (each optimizer step "
+          f"splits the batch into micro-batches), got {train.accumulation_steps}.")
+    check(0.0 <= train.ema_decay < 1.0, "train.ema_decay",
+          f"must be in [0, 1) (0 = no EMA; e.g. 0.999), got {train.ema_decay}.")
+    check(train.on_nonfinite in NONFINITE_MODES, "train.on_nonfinite",
+          f"must be one of {', '.join(NONFINITE_MODES)}, got {train.on_nonfinite!r}.")
     check(train.best_mode in ("min", "max"), "train.best_mode",
           f"must be 'min' or 'max', got {train.best_mode!r}.")
     _validate_profile_steps(train)

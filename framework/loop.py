@@ -24,6 +24,7 @@ import optax
 
 from framework import config as config_lib
 from framework import mesh as mesh_lib
+from framework import nonfinite
 from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
@@ -38,8 +39,10 @@ from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
-from framework.step import accumulated_means, empty_accumulator, make_eval_step, make_train_step
+from framework.step import (StepOptions, accumulated_means, empty_accumulator, make_eval_step,
+                            make_train_step, metric_names)
 from framework.summary_writer import TensorBoardLog
+from framework.transforms import training_transform
 from framework.workdir import WorkdirLock, check_config_unchanged
 
 
@@ -68,6 +71,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     data = registry.load("datasets", config.dataset.name).build(config.dataset, context)
     metadata = data.metadata
     mesh_lib.check_batch_fits(config.dataset.batch_size, mesh, "dataset.batch_size")
+    if config.train.accumulation_steps > 1:
+        mesh_lib.check_batch_fits(config.dataset.batch_size // config.train.accumulation_steps,
+                                  mesh, "dataset.batch_size / train.accumulation_steps")
     mesh_lib.check_batch_fits(config.dataset.eval_batch_size or config.dataset.batch_size, mesh,
                               "dataset.eval_batch_size")
     num_steps = config.train.num_steps or math.ceil(
@@ -76,7 +82,8 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     model = build_model(registry.load("models", config.model.name), config.model, metadata,
                         jnp.dtype(config.train.precision), config.model.name)
 
-    tx = registry.load("optimizers", config.optimizer.name).build(config.optimizer, num_steps)
+    optimizer = registry.load("optimizers", config.optimizer.name).build(config.optimizer,
+                                                                          num_steps)
     penalties, transforms = {}, []
     for name, section in config.regularizers.items():
         regularizer = registry.load("regularizers", name).build(section)
@@ -87,15 +94,16 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         else:
             raise ConfigError(f"config.regularizers.{name}: a penalty regularizer needs a "
                               "`weight` field in its default_config().")
-    if transforms:
-        tx = optax.chain(tx, *transforms)
+    tx = training_transform(optimizer, transforms, config.train)
     augmentations = [registry.load("augmentations", name).build(section)
                      for name, section in config.augmentations.items()]
     callbacks = [registry.load("callbacks", name).build(section)
                  for name, section in config.callbacks.items()]
 
     example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)
-    create = lambda rng: create_train_state(model, tx, rng, example)  # noqa: E731
+    create = lambda rng: create_train_state(  # noqa: E731
+        model, tx, rng, example, ema=config.train.ema_decay > 0,
+        loss_scaling=config.train.precision == "float16")
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
     state_sharding = sharding_lib.train_state_shardings(
         config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
@@ -226,8 +234,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
+    options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
+                          train_cfg.on_nonfinite)
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                      experiment.augmentations), donate_argnums=(0,),
+                                      experiment.augmentations, options), donate_argnums=(0,),
                       out_shardings=(experiment.state_sharding,
                                      mesh_lib.replicated(experiment.mesh)))
     eval_step = _jit_eval_step(experiment)
@@ -251,7 +261,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     accumulator = zero_accumulator()
                     if pending.keys() == accumulator.keys():  # Sums since the last log.
                         accumulator = jax.device_put(
-                            {k: np.float32(v) for k, v in pending.items()},
+                            {k: np.asarray(v, accumulator[k].dtype) for k, v in pending.items()},
                             mesh_lib.replicated(experiment.mesh))
                 profiler.before_dispatch(step)
                 previous = accumulator
@@ -264,6 +274,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                 profiler.after_dispatch(step, accumulator)
 
                 record: dict[str, float] = {}
+                nonfinite_stop = _nonfinite_stop(config, step, num_steps, accumulator)
                 if _every(step, train_cfg.log_every_steps, num_steps):
                     record.update(accumulated_means(jax.device_get(accumulator), "train"))
                     now = time.perf_counter()
@@ -273,7 +284,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     accumulator = zero_accumulator()
                     for callback in experiment.callbacks:
                         callback.on_log(step, record, state)
-                if _every(step, train_cfg.eval_every_steps, num_steps):
+                if _every(step, train_cfg.eval_every_steps, num_steps) and not nonfinite_stop:
                     pause_start = time.perf_counter()
                     eval_metrics = _evaluate(experiment, eval_step, state)
                     paused += time.perf_counter() - pause_start
@@ -284,12 +295,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     metrics_log.write(step, record)
                     tensorboard.write(step, record)
                     progress.update(step, record)
+                if nonfinite_stop:  # The state is the last good one, but not that of this step.
+                    stop_reason = nonfinite_stop
+                    progress.message(f"Stopping at step {step}: {stop_reason}")
+                    break
                 stopper = next((c for c in experiment.callbacks if c.stop_training), None)
                 if stopper is not None:
                     stop_reason = (stopper.stop_reason
                                    or f"{type(stopper).__name__} stopped training")
                 if step < num_steps and stop_signal.should_stop(step):
                     preempted_by = stop_signal.signal_name or "a preemption notice"
+                if step == num_steps or stop_reason:
+                    state = _final_state(experiment, state)
                 if (_every(step, config.checkpoint.every_steps, num_steps) or stop_reason
                         or preempted_by):
                     pause_start = time.perf_counter()
@@ -312,6 +329,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
             tensorboard.close()
             progress.close()
             checkpointer.wait()
+            last_checkpoint = checkpointer.latest_step()
             checkpointer.close()
 
     summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main else [],
@@ -321,17 +339,44 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
         "steps": step, "num_steps": num_steps, "resumed_from_step": start_step,
         "stopped_early": bool(stop_reason), "stop_reason": stop_reason,
         "preempted_by": preempted_by,
+        "stop_step": step if stop_reason else None,
+        "skipped_steps": int(state.skipped_steps),
         "wall_time_s": round(wall_time, 3),
         # Steps of this invocation over its wall time: setup, compiles and evaluations included.
         "steps_per_sec": round((step - start_step) / wall_time, 3),
-        "checkpoint": str((workdir / "checkpoints" / str(step)).absolute()),
+        "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
+                       if last_checkpoint is not None else None),
     })
+    sparsity = optax.tree_utils.tree_get(state.opt_state, "sparsity")
+    if sparsity is not None:
+        summary["sparsity"] = float(sparsity)
     for callback in experiment.callbacks:
         callback.on_end(summary, state)
     if is_main:
         write_json(workdir / "summary.json", summary)
         progress.message(_summary_line(summary))
     return summary
+
+
+def _nonfinite_stop(config: ml_collections.ConfigDict, step: int, num_steps: int,
+                    accumulator: dict[str, Any]) -> str:
+    """Under `train.on_nonfinite=stop`, at a log/eval/checkpoint boundary: why to stop, if so."""
+    train_cfg = config.train
+    boundary = any(_every(step, every, num_steps) for every in (
+        train_cfg.log_every_steps, train_cfg.eval_every_steps, config.checkpoint.every_steps))
+    if not boundary or train_cfg.on_nonfinite != "stop":
+        return ""
+    names = nonfinite.guarded_names(metric_names(accumulator), train_cfg.precision == "float16")
+    return nonfinite.stop_message(jax.device_get(accumulator), names)
+
+
+def _final_state(experiment: Experiment, state: TrainState) -> TrainState:
+    """The state the run ends with: a callback may replace it (early stopping's best)."""
+    for callback in experiment.callbacks:
+        candidate = callback.final_state(state)
+        if candidate is not state:
+            state = jax.device_put(candidate, experiment.state_sharding)
+    return state
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

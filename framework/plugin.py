@@ -71,7 +71,8 @@ class Callback:
     """Hooks the training loop calls on the host. Set `stop_training` to end the run early.
 
     Hooks run at log, eval and checkpoint steps (never every step, so they cost no host sync).
-    `state` is the current train state; read it, do not modify it.
+    `state` is the current train state; read it, do not modify it. Its buffers are reused by
+    the next step: to keep a copy, `jax.device_get` it.
     """
 
     stop_training: bool = False
@@ -86,8 +87,14 @@ class Callback:
     def on_checkpoint(self, step: int, state: Any) -> None:
         """After a checkpoint save was started."""
 
+    def final_state(self, state: Any) -> Any:
+        """Once, before the final checkpoint: the state the run ends with. Return `state`, or
+        another state of the same structure (on host or device), e.g. the best evaluated one
+        for early stopping with `restore_best`."""
+        return state
+
     def on_end(self, summary: dict[str, Any], state: Any) -> None:
-        """Once, when training ends; `summary` is what goes into summary.json."""
+        """Once, when training ends; `summary` is what goes into summary.json (add to it)."""
 
 
 def _register(kind: str, name: str, default_config: Callable[[], ml_collections.ConfigDict] | None,

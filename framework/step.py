@@ -6,48 +6,84 @@ the loop fetches only at log time. `steps_per_dispatch` steps run in one call as
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from framework import nonfinite
 from framework.model import Model
 from framework.state import TrainState
 
 Batch = dict[str, jax.Array]
 Penalty = Callable[[Any, Batch, Any], jax.Array]
 Augmentation = Callable[[jax.Array, Batch], Batch]
-Accumulator = dict[str, jax.Array]  # {"count": n, "<metric>": sum over n}
+Accumulator = dict[str, jax.Array]  # {"count": n, "<metric>": sum over n, guard records}
+
+SKIPPED = "skipped_steps"
+_NOT_MEANS = ("count", SKIPPED, nonfinite.FIRST_STEP, nonfinite.FIRST_METRIC)
+LATEST = ("sparsity",)  # Metrics that describe the state, not the step: logged as last seen.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """The training-technique switches the compiled step needs (from `config.train`)."""
+
+    accumulation_steps: int = 1  # Micro-batches per optimizer update (tx is an optax.MultiSteps).
+    ema_decay: float = 0.0  # 0: no EMA of the params.
+    on_nonfinite: str = "stop"  # stop | skip (see framework.nonfinite).
 
 
 def empty_accumulator() -> Accumulator:
-    """Only the count. A step given it adds the metric keys the model produces; the loop takes
-    that full structure from `jax.eval_shape` of a step, so the compiled step sees one shape."""
-    return {"count": jnp.zeros((), jnp.float32)}
+    """No metric keys yet. A step given it adds the metric keys the model produces; the loop
+    takes that full structure from `jax.eval_shape` of a step, so the compiled step sees one
+    shape."""
+    return {"count": jnp.zeros((), jnp.float32), SKIPPED: jnp.zeros((), jnp.float32),
+            **nonfinite.empty_record()}
+
+
+def metric_names(accumulator: dict[str, Any]) -> list[str]:
+    return [k for k in accumulator if k not in _NOT_MEANS]
 
 
 def accumulated_means(accumulator: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Host-side means of fetched sums, named `<prefix>/<metric>`."""
+    """Host-side means of fetched sums, named `<prefix>/<metric>`; skipped steps as a count.
+
+    Metrics average over the steps whose update was applied (NaN when there was none)."""
     count = float(accumulator["count"])
-    return {f"{prefix}/{k}": float(v) / max(count, 1.0) for k, v in accumulator.items()
-            if k != "count"}
+    means = {f"{prefix}/{k}": float(accumulator[k]) / (1.0 if k in LATEST else count)
+             if count else float("nan") for k in metric_names(accumulator)}
+    if float(accumulator.get(SKIPPED, 0.0)):
+        means[f"{prefix}/{SKIPPED}"] = float(accumulator[SKIPPED])
+    return means
+
+
+def _split_micro_batches(batch: Batch, k: int) -> Batch:
+    """[B, ...] -> [k, B/k, ...]; micro-batch i holds examples i, i + k, i + 2k, ...
+
+    Strided, so each device's shard of the batch feeds every micro-batch equally and no
+    example moves between devices."""
+    return jax.tree.map(lambda x: jnp.swapaxes(
+        x.reshape((x.shape[0] // k, k, *x.shape[1:])), 0, 1), batch)
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation,
                     penalties: dict[str, tuple[float, Penalty]],
-                    augmentations: list[Augmentation]
+                    augmentations: list[Augmentation], options: StepOptions = StepOptions()
                     ) -> Callable[[TrainState, Accumulator, Batch], tuple[TrainState, Accumulator]]:
-    """`(state, accumulator, stacked_batches) -> (state, accumulator)` over K stacked steps."""
+    """`(state, accumulator, stacked_batches) -> (state, accumulator)` over K stacked steps.
 
-    def one_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        step_rng = jax.random.fold_in(state.rng, state.step)
-        augment_rng, dropout_rng = jax.random.split(step_rng)
-        for i, augment in enumerate(augmentations):
-            batch = augment(jax.random.fold_in(augment_rng, i), batch)
+    One step is one optimizer update: its batch is split into `accumulation_steps`
+    micro-batches whose gradients `tx` (an optax.MultiSteps then) averages before updating.
+    """
+    k = options.accumulation_steps
 
+    def gradients(params: Any, model_state: Any, loss_scale: Any, batch: Batch,
+                  dropout_rng: jax.Array) -> tuple[Any, dict[str, jax.Array], Any, Any]:
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-            variables = {"params": params, **state.model_state}
+            variables = {"params": params, **model_state}
             outputs, updates = model.apply(variables, batch["inputs"], train=True,
                                            rngs={"dropout": dropout_rng})
             per_example_loss, per_example_metrics = model.loss(outputs, batch)
@@ -62,32 +98,87 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                 metrics["total_loss"] = total
             return total, (metrics, updates)
 
-        grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
-            opt_state=opt_state, model_state={**state.model_state, **updates})
-        return new_state, metrics
+        if loss_scale is None:
+            grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(params)
+        else:  # float16: scale the loss up, the gradients down; back off on overflow.
+            loss_scale, _, (_, (metrics, updates)), grads = loss_scale.value_and_grad(
+                loss_fn, has_aux=True)(params)
+        return grads, {**metrics, "grad_norm": optax.tree.norm(grads)}, updates, loss_scale
 
-    def add(accumulator: Accumulator, metrics: dict[str, jax.Array]) -> Accumulator:
-        summed = {k: accumulator.get(k, 0.0) + v.astype(jnp.float32) for k, v in metrics.items()}
-        return {**summed, "count": accumulator["count"] + 1.0}
+    def micro_step(carry: tuple[Any, ...], inputs: tuple[jax.Array, Batch]
+                   ) -> tuple[tuple[Any, ...], dict[str, jax.Array]]:
+        params, opt_state, model_state, loss_scale = carry
+        dropout_rng, batch = inputs
+        grads, metrics, updates, loss_scale = gradients(params, model_state, loss_scale, batch,
+                                                        dropout_rng)
+        param_updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, param_updates)
+        return (params, opt_state, {**model_state, **updates}, loss_scale), metrics
+
+    def one_step(state: TrainState, batch: Batch, halted: jax.Array
+                 ) -> tuple[TrainState, dict[str, jax.Array], jax.Array, jax.Array]:
+        """The updated state, the step's metrics, whether it was applied, its guard flags."""
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        augment_rng, dropout_rng = jax.random.split(step_rng)
+        for i, augment in enumerate(augmentations):
+            batch = augment(jax.random.fold_in(augment_rng, i), batch)
+
+        carry = (state.params, state.opt_state, state.model_state, state.loss_scale)
+        if k == 1:
+            carry, metrics = micro_step(carry, (dropout_rng, batch))
+        else:
+            carry, metrics = jax.lax.scan(micro_step, carry, (
+                jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)))
+            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        params, opt_state, model_state, loss_scale = carry
+        sparsity = optax.tree_utils.tree_get(opt_state, "sparsity")
+        if sparsity is not None:
+            metrics["sparsity"] = sparsity
+
+        updated = state.replace(params=params, opt_state=opt_state, model_state=model_state)
+        if options.ema_decay:
+            updated = updated.replace(ema_params=jax.tree.map(
+                lambda e, p: options.ema_decay * e + (1.0 - options.ema_decay) * p,
+                state.ema_params, params))
+        flags = nonfinite.nonfinite_flags(
+            metrics, nonfinite.guarded_names(list(metrics), loss_scale is not None))
+        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
+        applied = finite & ~halted
+        state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
+        state = state.replace(step=state.step + 1, loss_scale=loss_scale,
+                              skipped_steps=state.skipped_steps + (~applied).astype(jnp.int32))
+        return state, metrics, applied, flags
+
+    def add(accumulator: Accumulator, state: TrainState, metrics: dict[str, jax.Array],
+            applied: jax.Array, flags: jax.Array) -> Accumulator:
+        weight = applied.astype(jnp.float32)
+        summed = {name: jnp.where(applied, value.astype(jnp.float32), accumulator.get(name, 0.0))
+                  if name in LATEST else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
+                      value.astype(jnp.float32)) for name, value in metrics.items()}
+        accumulator = nonfinite.record_first(accumulator, flags, state.step)
+        return {**accumulator, **summed, "count": accumulator["count"] + weight,
+                SKIPPED: accumulator[SKIPPED] + 1.0 - weight}
+
+    def halted(accumulator: Accumulator) -> jax.Array:
+        """Under `stop`, nothing is applied after the first non-finite step."""
+        return (accumulator[nonfinite.FIRST_STEP] > 0) & (options.on_nonfinite == "stop")
 
     def train_step(state: TrainState, accumulator: Accumulator, batches: Batch
                    ) -> tuple[TrainState, Accumulator]:
         steps = jax.tree.leaves(batches)[0].shape[0]
-        if set(accumulator) == {"count"}:  # An empty accumulator: the model names the metrics.
+        if not metric_names(accumulator):  # An empty accumulator: the model names the metrics.
             first = jax.tree.map(lambda x: x[0], batches)
-            names = jax.eval_shape(one_step, state, first)[1]
+            names = jax.eval_shape(one_step, state, first, jnp.zeros((), bool))[1]
             accumulator = {**{k: jnp.zeros((), jnp.float32) for k in names}, **accumulator}
         if steps == 1:  # No loop at all: one step costs what a hand-written step costs.
-            state, metrics = one_step(state, jax.tree.map(lambda x: x[0], batches))
-            return state, add(accumulator, metrics)
+            state, *outputs = one_step(state, jax.tree.map(lambda x: x[0], batches),
+                                       halted(accumulator))
+            return state, add(accumulator, state, *outputs)
 
         def body(carry, batch):
             state, accumulator = carry
-            state, metrics = one_step(state, batch)
-            return (state, add(accumulator, metrics)), None
+            state, *outputs = one_step(state, batch, halted(accumulator))
+            return (state, add(accumulator, state, *outputs)), None
 
         (state, accumulator), _ = jax.lax.scan(body, (state, accumulator), batches)
         return state, accumulator
@@ -96,11 +187,14 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: Model) -> Callable[[TrainState, Accumulator, Batch], Accumulator]:
-    """`(state, accumulator, batch) -> accumulator`; padded examples (mask 0) count for nothing."""
+    """`(state, accumulator, batch) -> accumulator`; padded examples (mask 0) count for nothing.
+
+    With an EMA of the params (train.ema_decay > 0), evaluation uses the EMA params."""
 
     def eval_step(state: TrainState, accumulator: Accumulator, batch: Batch) -> Accumulator:
-        variables = {"params": state.params, **state.model_state}
-        outputs, _ = model.apply(variables, batch["inputs"], train=False)
+        params = state.params if state.ema_params is None else state.ema_params
+        outputs, _ = model.apply({"params": params, **state.model_state}, batch["inputs"],
+                                 train=False)
         per_example_loss, per_example_metrics = model.loss(outputs, batch)
         mask = batch["mask"].astype(jnp.float32)
         per_example = {"loss": per_example_loss, **per_example_metrics}

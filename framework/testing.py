@@ -776,11 +776,11 @@ def _augmentation_keeps_batch(subject: Subject) -> None:
 
 
 @_check("callback_builds", ["callbacks"],
-        "build(config) returns a framework.Callback: hooks on_log, on_eval, on_checkpoint and "
-        "on_end, and a bool `stop_training`.")
+        "build(config) returns a framework.Callback: hooks on_log, on_eval, on_checkpoint, "
+        "final_state and on_end, and a bool `stop_training`.")
 def _callback_builds(subject: Subject) -> None:
     callback = subject.plugin.build(subject.section)
-    missing = [hook for hook in ("on_log", "on_eval", "on_checkpoint", "on_end")
+    missing = [hook for hook in ("on_log", "on_eval", "on_checkpoint", "final_state", "on_end")
                if not callable(getattr(callback, hook, None))]
     _require(not missing, f"build() returned an instance of {type(callback).__name__}, "
              f"without {', '.join(missing)}; subclass framework.Callback.")
@@ -790,7 +790,8 @@ def _callback_builds(subject: Subject) -> None:
 
 @_check("callback_hooks_run", ["callbacks"],
         "every hook accepts what the training loop passes (step, metrics, train state; the "
-        "summary at the end) without raising, and stop_training stays a bool.")
+        "summary at the end) without raising; final_state returns a state of the train state's "
+        "structure; stop_training stays a bool.")
 def _callback_hooks_run(subject: Subject) -> None:
     callback = subject.plugin.build(subject.section)
     if not isinstance(callback, Callback):
@@ -805,6 +806,8 @@ def _callback_hooks_run(subject: Subject) -> None:
                     state)
     callback.on_eval(10, {"eval/loss": 1.0, "eval/accuracy": 0.5}, state)
     callback.on_checkpoint(10, state)
+    final = callback.final_state(state)
+    _same_structure(final, state, "final_state()'s result", "the train state")
     callback.on_end({"final": {"step": 10, "eval/loss": 1.0}, "best": {}, "steps": 10,
                      "wall_time_s": 1.0}, state)
     _require(isinstance(callback.stop_training, bool),

@@ -66,6 +66,18 @@ def test_run_length_override_replaces_the_files_choice():
      "config.train.log_every_steps=100 is not a multiple of train.steps_per_dispatch=3; "
      "use 99 or 102"),
     (BASE, ["--config.mesh.data=0"], "config.mesh.data must be a positive int or -1"),
+    (BASE, ["--config.train.grad_clip_norm=-1"], "config.train.grad_clip_norm must be >= 0"),
+    (BASE, ["--config.train.accumulation_steps=0"],
+     "config.train.accumulation_steps must be >= 1"),
+    (BASE, ["--config.train.accumulation_steps=3"],
+     "config.train.accumulation_steps must divide dataset.batch_size=64"),
+    (BASE, ["--config.train.ema_decay=1.0"], "config.train.ema_decay must be in [0, 1)"),
+    (BASE, ["--config.train.on_nonfinite=ignore"],
+     "config.train.on_nonfinite must be one of stop, skip, got 'ignore'"),
+    (BASE, ["--config.callbacks.early_stopping.mode=best"],
+     "config.callbacks.early_stopping.mode must be 'min' or 'max'"),
+    (BASE, ["--config.callbacks.early_stopping.metric=train/loss"],
+     "config.callbacks.early_stopping.metric must be an eval metric"),
     (BASE, ["--config.seed.x=1"], "config.seed is a int, not a section"),
     (BASE, ["config.seed=1"], "Unexpected argument 'config.seed=1'"),
     (BASE, ["--config.seed"], "--config.seed has no value"),
@@ -108,6 +120,13 @@ def test_every_experiment_resolves():
     for path in sorted(Path(__file__).parent.parent.glob("experiments/*.py")):
         config = config_lib.load_and_resolve(str(path))
         assert config.is_locked, path
+
+
+@pytest.mark.parametrize("variant", ["baseline", "l2", "dropout", "augment", "bfloat16",
+                                     "pruned", "early_stopping"])
+def test_every_regularized_digits_variant_resolves(variant):
+    config = config_lib.load_and_resolve(f"experiments/digits_cnn_regularized.py:{variant}")
+    assert config.is_locked
 
 
 def test_resolved_config_round_trips_through_json(tmp_path):

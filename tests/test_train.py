@@ -151,10 +151,13 @@ def test_batch_norm_and_dropout_models_train(tmp_path, tiny, model):
     assert stats and any(np.abs(np.asarray(s)).sum() > 0 for s in stats)
 
 
-def test_bfloat16_compute_keeps_float32_params(tmp_path, tiny):
-    summary = run(tiny(train={"precision": "bfloat16", "num_steps": 20}), tmp_path)
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_low_precision_compute_keeps_float32_params(tmp_path, tiny, precision):
+    summary = run(tiny(train={"precision": precision, "num_steps": 20}), tmp_path)
     assert np.isfinite(summary["final"]["eval/loss"])
-    assert {p.dtype for p in jax.tree.leaves(params_of(tmp_path))} == {np.dtype("float32")}
+    _, state, _ = loop.restore(tmp_path)  # The loss scale, if any, is checkpointed too.
+    assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+    assert (state.loss_scale is not None) == (precision == "float16")
 
 
 def test_penalty_regularizer_is_added_to_the_loss(tmp_path, tiny):
