@@ -1,7 +1,8 @@
 """jaxforge: a JAX research framework. This module is its public API.
 
 Names are imported on first use, so `import framework` (and `jaxforge plugins list`) stays fast
-and never starts JAX. Plugins import only what is exported here.
+and never starts JAX. Plugins import only what is exported here; their tests also use
+`framework.testing` (conformance checks, `tiny_config`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ _LAZY = {
 _RENAMED = {"load_config": "load_and_resolve", "resolve_config": "resolve"}
 
 __all__ = ["ConfigError", "JaxforgeError", "PLUGIN_API_VERSION", "PluginAPIVersionWarning",
-           "PluginError", "registry", *_LAZY]
+           "PluginError", "registry", "testing", *_LAZY]
+
+
+_SUBMODULES = ("testing",)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"framework.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module 'framework' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))

@@ -7,23 +7,27 @@
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
     jaxforge plugins list [--kind KIND] [--json]
     jaxforge plugins show ID [--kind KIND]
+    jaxforge plugins check ID [ID ...] [--kind KIND] [--config PATH] [--config.a.b=v ...]
+    jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
 
 `train`, `eval` and `doctor` take --coordinator_address, --num_processes and --process_id for a
 multi-process run (one process per host); on Cloud TPU VMs, SLURM and Open MPI JAX finds them.
 
-A bad config, an unknown plugin or a wrong flag prints one message and exits with status 2.
+A bad config, an unknown plugin or a wrong flag prints one message and exits with status 2;
+`plugins check` exits with status 1 when a plugin fails a conformance check.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from typing import Sequence
 
 from framework.errors import JaxforgeError
-from framework.registry import KINDS, PluginError, registry
+from framework.registry import KINDS, PluginError, PluginInfo, registry
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", help="a name or a distribution:name id")
     show.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
 
+    check = plugin_commands.add_parser(
+        "check", allow_abbrev=False, help="run the conformance checks on installed plugins",
+        epilog="Exit status: 0 when every check passes, 1 when one fails, 2 for an unknown id.")
+    check.add_argument("ids", nargs="+", metavar="ID",
+                       help="a name, a distribution:name id, or distribution:* (all its plugins)")
+    check.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    check.add_argument("--config", metavar="PATH", default=None,
+                       help="the experiment to check the plugins in (default: a tiny one on "
+                            "synthetic data); --config.SECTION.FIELD=VALUE overrides it")
+
+    new_plugin = commands.add_parser("new-plugin", allow_abbrev=False,
+                                     help="create a plugin package from the template")
+    new_plugin.add_argument("name", metavar="NAME", help="the distribution name, e.g. acme-vision")
+    new_plugin.add_argument("--dir", default=".", metavar="DIR",
+                            help="where to create the NAME folder (default: here)")
+
     config = commands.add_parser("config", help="resolve and validate configs")
     config_commands = config.add_subparsers(dest="config_command", required=True,
                                             metavar="COMMAND")
@@ -126,7 +146,8 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
 
 
-def _plugins_show(name: str, kind: str | None) -> None:
+def _find(name: str, kind: str | None) -> PluginInfo:
+    """The one plugin `name` refers to, of `kind` or of any kind."""
     kinds = [kind if kind.endswith("s") else kind + "s"] if kind else list(KINDS)
     found, errors = [], []
     for k in kinds:
@@ -140,8 +161,12 @@ def _plugins_show(name: str, kind: str | None) -> None:
     if len(found) > 1:
         raise PluginError(f"{name!r} names plugins of several kinds "
                           f"({', '.join(i.kind for i in found)}); add --kind.")
-    info = found[0]
-    plugin = registry.load(info.kind, name)
+    return found[0]
+
+
+def _plugins_show(name: str, kind: str | None) -> None:
+    info = _find(name, kind)
+    plugin = registry.load(info.kind, info.id)
     print(f"id:           {info.id}\nkind:         {info.kind[:-1]}\n"
           f"distribution: {info.distribution} {info.version}\n"
           f"entry point:  {info.entry_point}\nstatus:       {info.status}"
@@ -156,20 +181,80 @@ def _plugins_show(name: str, kind: str | None) -> None:
         print("  " + line)
 
 
+def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
+    infos = []
+    for name in ids:
+        if "*" not in name:
+            infos.append(_find(name, kind))
+            continue
+        matched = [i for i in registry.infos(kind) if fnmatch.fnmatch(i.id, name)
+                   and i.status != "disabled"]
+        if not matched:
+            raise PluginError(f"No installed plugin matches {name!r}; `jaxforge plugins list` "
+                              "shows them all.")
+        infos += matched
+    return list({info.id: info for info in infos}.values())
+
+
+def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None,
+                   overrides: Sequence[str]) -> int:
+    """Print a pass/fail table per plugin; 0 when all pass, 1 when a check fails."""
+    from framework import config as config_lib
+    from framework import testing
+
+    infos = _plugins_to_check(ids, kind)
+    config_lib.parse_override_keys(overrides)  # Malformed overrides fail before any check.
+    experiment = config_lib.load_experiment(config_path) if config_path else None
+    print(f"Conformance checks (plugin API version {testing.PLUGIN_API_VERSION}), each plugin "
+          f"in the experiment {config_path or 'framework.testing.tiny_config()'}"
+          + (f" with {' '.join(overrides)}" if overrides else "") + ".")
+    failed = []
+    for info in infos:
+        print(f"\n{info.id} ({info.kind[:-1]}, {info.distribution} {info.version or '-'}, "
+              f"entry point {info.entry_point})")
+        results = testing.run_checks(info.kind, info.id, experiment, overrides)
+        width = max(len(r.check) for r in results)
+        print(f"  {'CHECK'.ljust(width)}  RESULT  TIME")
+        for result in results:
+            print(f"  {result.check.ljust(width)}  {result.status.upper():6}  "
+                  f"{result.seconds:4.1f}s")
+            for line in result.message.splitlines() if result.status != "pass" else []:
+                print(f"      {line}")
+        if not all(r.passed for r in results):
+            failed.append(info.id)
+    passed = len(infos) - len(failed)
+    print(f"\n{len(infos)} plugin(s) checked: {passed} passed, {len(failed)} failed"
+          + (f" ({', '.join(failed)})." if failed else "."))
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
     takes_overrides = (args.command in ("train", "sweep")
                        or (args.command == "doctor" and args.config is not None)
-                       or getattr(args, "config_command", None) == "show")
+                       or getattr(args, "config_command", None) == "show"
+                       or getattr(args, "plugins_command", None) == "check")
     if extra and not takes_overrides:
         _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "plugins":
             if args.plugins_command == "list":
                 _plugins_list(args.kind, args.json)
+            elif args.plugins_command == "check":
+                return _plugins_check(args.ids, args.kind, args.config, extra)
             else:
                 _plugins_show(args.id, args.kind)
+        elif args.command == "new-plugin":
+            from framework import scaffold
+
+            target = scaffold.new_plugin(args.name, args.dir)
+            print(f"Created the plugin package {args.name} in {target}. Next:\n"
+                  f"  pip install -e {target}\n"
+                  f"  jaxforge plugins check '{scaffold.normalize_distribution(args.name)}:*'\n"
+                  f"  python -m pytest {target / 'tests'}\n"
+                  f"  jaxforge train --config {target / 'experiments' / 'spirals.py'} "
+                  "--workdir runs/spirals")
         elif args.command == "config":
             from framework import config as config_lib
 

@@ -31,7 +31,7 @@ from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
 from framework.input import DevicePrefetcher, to_global_array
 from framework.metrics import MetricsLog, read_metrics, summarize, write_json
-from framework.model import Model
+from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
 from framework.preemption import StopSignal
@@ -79,9 +79,8 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     num_steps = config.train.num_steps or math.ceil(
         config.train.num_epochs * metadata.num_train / config.dataset.batch_size)
 
-    model_plugin = registry.load("models", config.model.name)
-    module = model_plugin.build(config.model, metadata, jnp.dtype(config.train.precision))
-    model = Model(module, getattr(model_plugin, "loss", None))
+    model = build_model(registry.load("models", config.model.name), config.model, metadata,
+                        jnp.dtype(config.train.precision), config.model.name)
 
     optimizer = registry.load("optimizers", config.optimizer.name).build(config.optimizer,
                                                                           num_steps)

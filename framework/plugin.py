@@ -6,6 +6,7 @@ Every plugin is an object with `default_config()` (a ConfigDict of its fields) a
 | kind          | build(...)                                  | returns                                   |
 |---------------|---------------------------------------------|-------------------------------------------|
 | models        | (config, metadata: DatasetMetadata, dtype)  | a Flax Linen module, `__call__(x, *, train)` |
+|               | (config, metadata, dtype, rngs: nnx.Rngs)   | a Flax NNX module constructed with `rngs`, `__call__(x, *, train)` |
 | datasets      | (config, context: DataContext)              | a `framework.data.DataSource`              |
 | regularizers  | (config)                                    | `penalty(params, batch, outputs) -> scalar` (scaled by `config.weight`) or an `optax.GradientTransformation` |
 | optimizers    | (config, num_steps: int)                    | an `optax.GradientTransformation`          |
@@ -13,8 +14,15 @@ Every plugin is an object with `default_config()` (a ConfigDict of its fields) a
 | callbacks     | (config)                                    | a `framework.Callback`                     |
 
 Any plugin may define `validate(config)`, raising `framework.ConfigError` for a bad value; it
-runs when the config is resolved, before anything is built. A model plugin may also define `loss(outputs, batch) -> (per_example_loss, {name: per_example})`;
-without it, classification cross-entropy and accuracy are used.
+runs when the config is resolved, before anything is built. A model plugin may also define
+`loss(outputs, batch) -> (per_example_loss, {name: per_example})`; without it, classification
+cross-entropy and accuracy are used.
+
+`dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
+takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
+`nnx.Rngs` from the run's seed (streams `params`, `dropout`, and a default one), so the run's seed
+decides the initial weights; RNG streams the module keeps (an `nnx.Dropout`'s) are reseeded from
+the trainer's rng at every training step. `framework.testing` checks each kind's contract.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ class PluginInfo:
         }
 
 
-def _normalize_distribution(name: str) -> str:
+def normalize_distribution(name: str) -> str:
+    """How a distribution name appears in plugin ids: `Acme-Vision` -> `acme_vision`."""
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
@@ -93,7 +94,7 @@ class Registry:
         autoload = os.environ.get("JAXFORGE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
         for dist in importlib.metadata.distributions():
             try:
-                dist_name = _normalize_distribution(dist.metadata["Name"] or "")
+                dist_name = normalize_distribution(dist.metadata["Name"] or "")
                 entry_points = [ep for ep in dist.entry_points if ep.group in groups]
             except Exception:  # Malformed metadata of an unrelated package: never fatal.
                 continue
@@ -125,7 +126,7 @@ class Registry:
 
     def infos(self, kind: str | None = None) -> list[PluginInfo]:
         """Every plugin (of one kind, or all), loaded or not, sorted by kind and id."""
-        kinds = [_check_kind(kind)] if kind else list(KINDS)
+        kinds = [check_kind(kind)] if kind else list(KINDS)
         discovered = self._discover()
         infos = [i for k in kinds for i in [*discovered[k].values(), *self._local[k].values()]]
         return sorted(infos, key=lambda i: (KINDS.index(i.kind), i.id))
@@ -134,7 +135,7 @@ class Registry:
 
     def resolve(self, kind: str, name: str) -> PluginInfo:
         """The one plugin that `name` (a bare name or a `dist:name` id) refers to."""
-        kind = _check_kind(kind)
+        kind = check_kind(kind)
         infos = self.infos(kind)
         if ":" in name:
             matches = [i for i in infos if i.id == name]
@@ -167,7 +168,7 @@ class Registry:
             try:
                 obj = importlib.metadata.EntryPoint(
                     name=info.name, value=info.entry_point, group=f"jaxforge.{kind}").load()
-                _check_contract(info, obj)
+                check_contract(info, obj)
             except Exception as error:
                 info.status, info.error = "failed", error
                 info.reason = f"{type(error).__name__}: {error}"
@@ -183,21 +184,32 @@ class Registry:
 
     def register(self, kind: str, name: str, obj: Any) -> PluginInfo:
         """Register a plugin object under `local:<name>`, e.g. from a notebook or a test."""
-        kind = _check_kind(kind)
+        kind = check_kind(kind)
         info = PluginInfo(kind, name, LOCAL_DISTRIBUTION, "", "<registered in-process>")
-        _check_contract(info, obj)
+        check_contract(info, obj)
         info.obj, info.status = obj, "loaded"
         _check_api_version(info)
         self._local[kind][info.id] = info
         return info
 
     def unregister(self, kind: str, name: str) -> None:
-        self._local[_check_kind(kind)].pop(f"{LOCAL_DISTRIBUTION}:{name}", None)
+        self._local[check_kind(kind)].pop(f"{LOCAL_DISTRIBUTION}:{name}", None)
+
+    @contextlib.contextmanager
+    def isolated(self) -> Iterator[Registry]:
+        """For tests: discover installed plugins afresh and keep in-process registrations made
+        in the block to the block; afterwards the registry is as it was before."""
+        discovered, local = self._discovered, self._local
+        self._discovered, self._local = None, {kind: dict(infos) for kind, infos in local.items()}
+        try:
+            yield self
+        finally:
+            self._discovered, self._local = discovered, local
 
     @contextlib.contextmanager
     def registered(self, kind: str, name: str, obj: Any) -> Iterator[PluginInfo]:
         """Register a plugin for the duration of a `with` block."""
-        previous = self._local[_check_kind(kind)].get(f"{LOCAL_DISTRIBUTION}:{name}")
+        previous = self._local[check_kind(kind)].get(f"{LOCAL_DISTRIBUTION}:{name}")
         info = self.register(kind, name, obj)
         try:
             yield info
@@ -207,7 +219,8 @@ class Registry:
                 self._local[kind][previous.id] = previous
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
+    """The plural kind (`models`) for a kind or its singular (`model`); PluginError otherwise."""
     if kind in KINDS:
         return kind
     if f"{kind}s" in KINDS:  # Accept the singular, as in `--kind model`.
@@ -215,7 +228,8 @@ def _check_kind(kind: str) -> str:
     raise PluginError(f"Unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}.")
 
 
-def _check_contract(info: PluginInfo, obj: Any) -> None:
+def check_contract(info: PluginInfo, obj: Any) -> None:
+    """Raise TypeError unless `obj` has what every plugin has: build() and default_config()."""
     missing = [a for a in _REQUIRED_ATTRIBUTES if not callable(getattr(obj, a, None))]
     if missing:
         raise TypeError(

@@ -55,7 +55,7 @@ def test_run_length_override_replaces_the_files_choice():
     (BASE, ["--config.train.num_steps=abc"], "config.train.num_steps must be an int, got 'abc'"),
     ({"train": {"num_steps": "ten"}}, [], "config.train.num_steps must be an int, got str 'ten'"),
     (BASE, ["--config.dataset.batch_size=-64"], "config.dataset.batch_size must be a positive"),
-    (BASE, ["--config.model.name=cnnn"], "Unknown model plugin 'cnnn'. Did you mean 'cnn'?"),
+    (BASE, ["--config.model.name=cnnn"], "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?"),
     (BASE, ["--config.regularizers.l3.weight=1"], "Unknown regularizer plugin 'l3'"),
     (BASE, ["--config.optimizer.learning_rate=-1"],
      "config.optimizer.learning_rate must be > 0, got -1.0"),
