@@ -1,7 +1,6 @@
 """`jaxforge doctor` in one process: versions, devices, the mesh a config gets, and the comparison
 that flags processes which differ (the multi-process runs are in test_multiprocess.py)."""
 
-import pytest
 
 from framework import cli, doctor
 
