@@ -39,8 +39,8 @@ from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
-from framework.step import (StepOptions, accumulated_means, empty_accumulator, make_eval_step,
-                            make_train_step, metric_names)
+from framework.step import (StepOptions, accumulated_means, default_unroll, empty_accumulator,
+                            make_eval_step, make_train_step, metric_names)
 from framework.summary_writer import TensorBoardLog
 from framework.transforms import training_transform
 from framework.workdir import WorkdirLock, check_config_unchanged
@@ -235,7 +235,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
     options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
-                          train_cfg.on_nonfinite)
+                          train_cfg.on_nonfinite, unroll=default_unroll())
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
                                       experiment.augmentations, options), donate_argnums=(0,),
                       out_shardings=(experiment.state_sharding,

@@ -34,6 +34,15 @@ class StepOptions:
     accumulation_steps: int = 1  # Micro-batches per optimizer update (tx is an optax.MultiSteps).
     ema_decay: float = 0.0  # 0: no EMA of the params.
     on_nonfinite: str = "stop"  # stop | skip (see framework.nonfinite).
+    # Unroll the loops over the steps of a dispatch and over micro-batches, instead of compiling
+    # a while loop: XLA:CPU runs convolutions inside a loop body several times slower
+    # (jax-ml/jax#12868), while on accelerators a loop compiles faster and runs as fast.
+    unroll: bool = False
+
+
+def default_unroll() -> bool:
+    """Unroll on the CPU backend only (see `StepOptions.unroll`)."""
+    return jax.default_backend() == "cpu"
 
 
 def empty_accumulator() -> Accumulator:
@@ -128,7 +137,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             carry, metrics = micro_step(carry, (dropout_rng, batch))
         else:
             carry, metrics = jax.lax.scan(micro_step, carry, (
-                jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)))
+                jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)),
+                unroll=options.unroll)
             metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         params, opt_state, model_state, loss_scale = carry
         sparsity = optax.tree_utils.tree_get(opt_state, "sparsity")
@@ -180,7 +190,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             state, *outputs = one_step(state, batch, halted(accumulator))
             return (state, add(accumulator, state, *outputs)), None
 
-        (state, accumulator), _ = jax.lax.scan(body, (state, accumulator), batches)
+        (state, accumulator), _ = jax.lax.scan(body, (state, accumulator), batches,
+                                               unroll=options.unroll)
         return state, accumulator
 
     return train_step
