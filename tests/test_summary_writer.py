@@ -1,6 +1,9 @@
 """TensorBoard event files: every logged metric as a scalar, the config as hparams, resumes."""
 
 import json
+import os
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -87,3 +90,27 @@ def test_a_run_writes_every_logged_metric_to_tensorboard(tmp_path, tiny):
         expected = [(r["step"], pytest.approx(r[tag], rel=1e-6)) for r in records if tag in r]
         assert scalars(events, tag) == expected, tag
     assert session_hparams(events)["optimizer.learning_rate"] == pytest.approx(1e-2)
+
+
+def test_logging_does_not_import_pytorch(tmp_path):
+    """tensorboardX imports torch when it can: with a torch installed, that is seconds and
+    hundreds of MiB per run for nothing. A stand-in torch package on the path records imports."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os\nopen(os.environ['IMPORTED'], 'w').close()\n"
+                                      "Tensor = object\n")
+    script = (
+        "import sys, os, pathlib\n"
+        "from framework.summary_writer import TensorBoardLog\n"
+        "log = TensorBoardLog(pathlib.Path(sys.argv[1]), resume_step=0, enabled=True)\n"
+        "log.write(1, {'train/loss': 1.0})\n"
+        "log.close()\n"
+        "assert not os.path.exists(os.environ['IMPORTED']), 'logging imported torch'\n"
+        "import torch\n"  # The user's own `import torch` still works afterwards.
+        "assert os.path.exists(os.environ['IMPORTED'])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path]),
+           "IMPORTED": str(tmp_path / "imported")}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "logs")], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert read_events(tmp_path / "logs").Scalars("train/loss")[0].value == 1.0
