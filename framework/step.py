@@ -124,6 +124,24 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         params = optax.apply_updates(params, param_updates)
         return (params, opt_state, {**model_state, **updates}, loss_scale), metrics
 
+    def with_ema(state: TrainState, params: Any) -> TrainState:
+        if not options.ema_decay:
+            return state
+        return state.replace(ema_params=jax.tree.map(
+            lambda e, p: options.ema_decay * e + (1.0 - options.ema_decay) * p,
+            state.ema_params, params))
+
+    def guard(metrics: dict[str, jax.Array], loss_scale: Any, halted: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+        """Whether to apply the step, and the guard's flags (see framework.nonfinite).
+
+        A step applies only when every metric is finite; under float16 loss scaling an
+        overflowing gradient skips the step without raising a flag (the scale backs off)."""
+        flags = nonfinite.nonfinite_flags(
+            metrics, nonfinite.guarded_names(list(metrics), loss_scale is not None))
+        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
+        return finite & ~halted, flags
+
     def one_step(state: TrainState, batch: Batch, halted: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array], jax.Array, jax.Array]:
         """The updated state, the step's metrics, whether it was applied, its guard flags."""
@@ -132,29 +150,36 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         for i, augment in enumerate(augmentations):
             batch = augment(jax.random.fold_in(augment_rng, i), batch)
 
-        carry = (state.params, state.opt_state, state.model_state, state.loss_scale)
         if k == 1:
-            carry, metrics = micro_step(carry, (dropout_rng, batch))
-        else:
-            carry, metrics = jax.lax.scan(micro_step, carry, (
-                jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)),
+            # The guard is known before the update, so the update runs under a `lax.cond`:
+            # the buffers are updated in place. Selecting between the old and the updated state
+            # afterwards would copy the optimizer state every step (a third of an MLP's step).
+            grads, metrics, updates, loss_scale = gradients(
+                state.params, state.model_state, state.loss_scale, batch, dropout_rng)
+            applied, flags = guard(metrics, loss_scale, halted)
+
+            def update(state: TrainState) -> TrainState:
+                param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+                params = optax.apply_updates(state.params, param_updates)
+                return with_ema(state, params).replace(
+                    params=params, opt_state=opt_state,
+                    model_state={**state.model_state, **updates})
+
+            state = jax.lax.cond(applied, update, lambda state: state, state)
+        else:  # Every micro-batch updates the optimizer (MultiSteps): guard by selecting.
+            (params, opt_state, model_state, loss_scale), metrics = jax.lax.scan(
+                micro_step, (state.params, state.opt_state, state.model_state,
+                             state.loss_scale),
+                (jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)),
                 unroll=options.unroll)
             metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        params, opt_state, model_state, loss_scale = carry
-        sparsity = optax.tree_utils.tree_get(opt_state, "sparsity")
+            applied, flags = guard(metrics, loss_scale, halted)
+            updated = with_ema(state, params).replace(params=params, opt_state=opt_state,
+                                                      model_state=model_state)
+            state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
+        sparsity = optax.tree_utils.tree_get(state.opt_state, "sparsity")
         if sparsity is not None:
             metrics["sparsity"] = sparsity
-
-        updated = state.replace(params=params, opt_state=opt_state, model_state=model_state)
-        if options.ema_decay:
-            updated = updated.replace(ema_params=jax.tree.map(
-                lambda e, p: options.ema_decay * e + (1.0 - options.ema_decay) * p,
-                state.ema_params, params))
-        flags = nonfinite.nonfinite_flags(
-            metrics, nonfinite.guarded_names(list(metrics), loss_scale is not None))
-        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
-        applied = finite & ~halted
-        state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
         state = state.replace(step=state.step + 1, loss_scale=loss_scale,
                               skipped_steps=state.skipped_steps + (~applied).astype(jnp.int32))
         return state, metrics, applied, flags
