@@ -39,8 +39,8 @@ from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
-from framework.step import (StepOptions, accumulated_means, default_unroll, empty_accumulator,
-                            make_eval_step, make_train_step, metric_names)
+from framework.step import (LATEST, StepOptions, accumulated_means, default_unroll,
+                            empty_accumulator, make_eval_step, make_train_step, metric_names)
 from framework.summary_writer import TensorBoardLog
 from framework.transforms import training_transform
 from framework.workdir import WorkdirLock, check_config_unchanged
@@ -129,6 +129,28 @@ def _chunk_sizes(start: int, end: int, per_dispatch: int) -> list[int]:
 
 def _every(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Boundaries:
+    """The steps that log, evaluate and save; read from the config once, not at every step."""
+
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    last: int
+
+    def logs(self, step: int) -> bool:
+        return _every(step, self.log_every, self.last)
+
+    def evaluates(self, step: int) -> bool:
+        return _every(step, self.eval_every, self.last)
+
+    def saves(self, step: int) -> bool:
+        return _every(step, self.checkpoint_every, self.last)
+
+    def any(self, step: int) -> bool:
+        return self.logs(step) or self.evaluates(step) or self.saves(step)
 
 
 def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict[str, float]:
@@ -246,6 +268,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
         iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
         lambda stacked: to_global_array(stacked, batch_sharding))
 
+    boundaries = _Boundaries(train_cfg.log_every_steps, train_cfg.eval_every_steps,
+                             config.checkpoint.every_steps, num_steps)
+    stop_on_nonfinite = train_cfg.on_nonfinite == "stop"
+    loss_scaling = train_cfg.precision == "float16"
     accumulator, zero_accumulator = None, None
     step, stop_reason, preempted_by = start_step, "", ""
     last_log_time, last_log_step = time.perf_counter(), start_step
@@ -270,12 +296,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                 # one dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
                 # in-process collectives cannot deadlock on a pile of queued multi-device programs.
                 previous["count"].block_until_ready()
-                step += jax.tree.leaves(batches)[0].shape[0]
+                step += batches["inputs"].shape[0]
                 profiler.after_dispatch(step, accumulator)
 
                 record: dict[str, float] = {}
-                nonfinite_stop = _nonfinite_stop(config, step, num_steps, accumulator)
-                if _every(step, train_cfg.log_every_steps, num_steps):
+                nonfinite_stop = (_nonfinite_stop(accumulator, loss_scaling)
+                                  if stop_on_nonfinite and boundaries.any(step) else "")
+                if boundaries.logs(step):
                     record.update(accumulated_means(jax.device_get(accumulator), "train"))
                     now = time.perf_counter()
                     elapsed = now - last_log_time - paused
@@ -284,7 +311,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     accumulator = zero_accumulator()
                     for callback in experiment.callbacks:
                         callback.on_log(step, record, state)
-                if _every(step, train_cfg.eval_every_steps, num_steps) and not nonfinite_stop:
+                if boundaries.evaluates(step) and not nonfinite_stop:
                     pause_start = time.perf_counter()
                     eval_metrics = _evaluate(experiment, eval_step, state)
                     paused += time.perf_counter() - pause_start
@@ -307,8 +334,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     preempted_by = stop_signal.signal_name or "a preemption notice"
                 if step == num_steps or stop_reason:
                     state = _final_state(experiment, state)
-                if (_every(step, config.checkpoint.every_steps, num_steps) or stop_reason
-                        or preempted_by):
+                if boundaries.saves(step) or stop_reason or preempted_by:
                     pause_start = time.perf_counter()
                     checkpointer.save(step, state, data_state, _pending_metrics(accumulator),
                                       _provenance(config))
@@ -358,15 +384,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     return summary
 
 
-def _nonfinite_stop(config: ml_collections.ConfigDict, step: int, num_steps: int,
-                    accumulator: dict[str, Any]) -> str:
+def _nonfinite_stop(accumulator: dict[str, Any], loss_scaling: bool) -> str:
     """Under `train.on_nonfinite=stop`, at a log/eval/checkpoint boundary: why to stop, if so."""
-    train_cfg = config.train
-    boundary = any(_every(step, every, num_steps) for every in (
-        train_cfg.log_every_steps, train_cfg.eval_every_steps, config.checkpoint.every_steps))
-    if not boundary or train_cfg.on_nonfinite != "stop":
-        return ""
-    names = nonfinite.guarded_names(metric_names(accumulator), train_cfg.precision == "float16")
+    names = nonfinite.guarded_names(
+        [name for name in metric_names(accumulator) if name not in LATEST], loss_scaling)
     return nonfinite.stop_message(jax.device_get(accumulator), names)
 
 
