@@ -1,79 +1,130 @@
-"""Speed benchmark: jaxforge against a hand-written jit loop on the same machine, in one run.
+"""Speed benchmark: jaxforge against a hand-written jit loop, Keras 3 (JAX) and PyTorch, in one run.
 
-For each case (model, batch), both sides train the same Flax module with the same optimizer on
-the same synthetic MNIST-shaped data. Per-step time is the difference between a long and a short
-run divided by the extra steps, so start-up, compilation and the final evaluation cancel out.
-Runs are interleaved and repeated; the table shows medians and the ratio of jaxforge's
-steps/s to the hand-written loop's. Start-up is measured separately.
+Every side trains the same model with Adam on the same synthetic examples in the same order:
+    handwritten  a minimal `jax.jit` loop with donated buffers over the same Flax module
+    jaxforge     `framework.train` from a config (steps_per_dispatch=1), and with the best
+                 `train.steps_per_dispatch` of the case's candidates (column `jaxforge_best`)
+    keras        Keras 3 on the JAX backend, `model.fit` (when keras is installed)
+    torch        PyTorch eager, the usual zero_grad/backward/step loop (when torch is installed)
 
-    python tools/bench.py [--repeats 3] [--short 50] [--long 300] [--json out.json]
+Each measurement is a fresh process. Per-step time is the difference between a long and a short
+run divided by the extra steps, so imports, start-up, compilation and the final evaluation
+cancel out. Runs are interleaved and repeated; the table shows medians, and ratios of steps/s to
+the hand-written loop. Peak memory is the growth of the process's peak resident set during the
+long run, over what it held after importing its libraries (on the CPU, device memory is host
+memory); the resident set after those imports is reported beside it.
+Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step.
 
-Keras 3 and PyTorch columns are reported only when those packages are installed.
+    python tools/bench.py [--cases cnn@64,mlp@64] [--repeats 3] [--json bench.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import importlib.metadata
+import importlib.util
 import io
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import optax
+REPO = Path(__file__).resolve().parent.parent
 
-import framework
 
-CASES = {  # name: (model section, input shape, batch size)
-    "cnn@64": ({"name": "cnn"}, (28, 28, 1), 64),
-    "cnn@512": ({"name": "cnn"}, (28, 28, 1), 512),
-    "mlp@64": ({"name": "mlp"}, (28, 28, 1), 64),
-    "resnet@64": ({"name": "resnet", "stage_sizes": (1, 1, 1), "width": 16}, (32, 32, 3), 64),
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: dict[str, Any]  # The jaxforge model section.
+    shape: tuple[int, ...]  # One example.
+    batch: int
+    short: int  # Steps of the short and the long run.
+    long: int
+    dispatch: tuple[int, ...]  # Candidate `train.steps_per_dispatch` for `jaxforge_best`.
+
+
+CASES = {
+    "cnn@64": Case({"name": "cnn"}, (28, 28, 1), 64, 40, 240, (4, 10)),
+    "cnn@512": Case({"name": "cnn"}, (28, 28, 1), 512, 8, 48, (4,)),
+    "mlp@64": Case({"name": "mlp"}, (28, 28, 1), 64, 200, 3200, (4, 16)),
+    "resnet@64": Case({"name": "resnet", "stage_sizes": (1, 1, 1), "width": 16}, (32, 32, 3), 64,
+                      10, 60, ()),
 }
+NUM_CLASSES, NUM_TRAIN = 10, 4096
 
 
-def _config(model: dict, shape: tuple, batch: int, steps: int,
-            steps_per_dispatch: int) -> ml_collections.ConfigDict:
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
+
+
+# ------------------------------------------------------------------------ the sides (workers)
+
+def _jax_config(case: Case, steps: int, steps_per_dispatch: int) -> Any:
+    import ml_collections
+
+    import framework
     return framework.resolve_config(ml_collections.ConfigDict({
-        "model": model,
-        "dataset": {"name": "synthetic", "shape": shape, "num_classes": 10,
-                    "num_train": 4096, "num_eval": batch, "batch_size": batch},
+        "model": case.model,
+        "dataset": {"name": "synthetic", "shape": case.shape, "num_classes": NUM_CLASSES,
+                    "num_train": NUM_TRAIN, "num_eval": case.batch, "batch_size": case.batch},
         "optimizer": {"name": "adam", "learning_rate": 1e-3},
-        "train": {"num_steps": steps, "log_every_steps": steps_per_dispatch * 1000,
-                  "eval_every_steps": 0, "steps_per_dispatch": steps_per_dispatch},
+        "train": {"num_steps": steps, "eval_every_steps": 0,  # Evaluate only at the end.
+                  "log_every_steps": -(-100 // steps_per_dispatch) * steps_per_dispatch,
+                  "steps_per_dispatch": steps_per_dispatch},
         "checkpoint": {"every_steps": 0},
     }))
 
 
-def jaxforge_seconds(model: dict, shape: tuple, batch: int, steps: int,
-                     steps_per_dispatch: int) -> float:
-    """Wall time of `framework.train` for `steps` steps (fresh workdir, nothing printed)."""
-    config = _config(model, shape, batch, steps, steps_per_dispatch)
+def _batches(case: Case, steps: int) -> tuple[Any, Any]:
+    """The examples the JAX sides see, in their order: [steps * batch, ...] inputs and labels."""
+    import numpy as np
+
+    import framework
+    source = framework.registry.load("datasets", "synthetic").build(
+        _jax_config(case, steps, 1).dataset, framework.DataContext(seed=0))
+    iterator = source.train_iterator()
+    batches = [next(iterator) for _ in range(steps)]
+    return (np.concatenate([b["inputs"] for b in batches]),
+            np.concatenate([b["label"] for b in batches]))
+
+
+def run_jaxforge(case: Case, steps: int, steps_per_dispatch: int) -> float:
+    import framework
+    config = _jax_config(case, steps, steps_per_dispatch)
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         framework.train(config, workdir)
         return time.perf_counter() - start
 
 
-def handwritten_seconds(model: dict, shape: tuple, batch: int, steps: int) -> float:
-    """A minimal hand-written loop: same module, optimizer and data; jit with donation."""
-    config = _config(model, shape, batch, steps, 1)
+def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
+    """What a researcher writes by hand: same module, optimizer and data; jit with donation."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import framework
     start = time.perf_counter()
+    config = _jax_config(case, steps, 1)
     source = framework.registry.load("datasets", "synthetic").build(
         config.dataset, framework.DataContext(seed=0))
     module = framework.registry.load("models", config.model.name).build(
         config.model, source.metadata, jnp.float32)
-    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *case.shape)), train=False)
     params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    tx = optax.adam(1e-3)
+    tx = optax.adam(1e-3, eps=1e-7)
     opt_state = tx.init(params)
 
     def step(params, opt_state, extra, inputs, labels):
@@ -90,77 +141,269 @@ def handwritten_seconds(model: dict, shape: tuple, batch: int, steps: int) -> fl
     step = jax.jit(step, donate_argnums=(0, 1, 2))
     iterator = source.train_iterator()
     for _ in range(steps):
-        data = next(iterator)
-        params, opt_state, extra, loss = step(params, opt_state, extra, data["inputs"],
-                                              data["label"])
+        batch = next(iterator)
+        params, opt_state, extra, loss = step(params, opt_state, extra, batch["inputs"],
+                                              batch["label"])
     jax.block_until_ready(loss)
     return time.perf_counter() - start
 
 
-def per_step(run: Callable[[int], float], short: int, long: int) -> float:
-    return (run(long) - run(short)) / (long - short)
+def _keras_model(case: Case) -> Any:
+    import keras
+    from keras import layers
+    inputs = keras.Input(case.shape)
+    if case.model["name"] == "cnn":
+        x = layers.Conv2D(32, 3, activation="relu")(inputs)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(128, activation="relu")(x)
+    elif case.model["name"] == "mlp":
+        x = layers.Flatten()(inputs)
+        x = layers.Dense(512, activation="relu")(x)
+        x = layers.Dense(512, activation="relu")(x)
+    else:  # The resnet plugin: 3x3 stem, one basic block per stage, global average pool.
+        norm = lambda: layers.BatchNormalization(momentum=0.9, epsilon=1e-5)  # noqa: E731
+        conv = lambda f, k, s: layers.Conv2D(f, k, s, padding="same", use_bias=False)  # noqa
+        x = layers.ReLU()(norm()(conv(case.model["width"], 3, 1)(inputs)))
+        for stage, blocks in enumerate(case.model["stage_sizes"]):
+            features = case.model["width"] * 2**stage
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                y = layers.ReLU()(norm()(conv(features, 3, strides)(x)))
+                y = norm()(conv(features, 3, 1)(y))
+                if x.shape != y.shape:
+                    x = norm()(conv(features, 1, strides)(x))
+                x = layers.ReLU()(layers.Add()([x, y]))
+        x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(NUM_CLASSES)(x))
 
 
-def _median_rate(samples: list[float]) -> float:
-    return 1.0 / statistics.median(samples)
-
-
-def startup_seconds() -> dict[str, float]:
-    """`jaxforge plugins list` wall time, and time to the first trained step of digits_cnn."""
+def run_keras(case: Case, steps: int, steps_per_dispatch: int) -> float:
+    """The Keras tutorial's way: compile with Adam and a from-logits loss, then `fit`."""
+    import keras
+    inputs, labels = _batches(case, steps)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "framework.cli", "plugins", "list"], check=True,
-                   capture_output=True)
-    plugins_list = time.perf_counter() - start
-    config = framework.load_config("experiments/digits_cnn.py", [
-        "--config.train.num_steps=1", "--config.train.eval_every_steps=0",
-        "--config.checkpoint.every_steps=0"])
+    model = _keras_model(case)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], steps_per_execution=steps_per_dispatch)
+    model.fit(inputs, labels, batch_size=case.batch, epochs=1, shuffle=False, verbose=0)
+    return time.perf_counter() - start
+
+
+def _torch_model(case: Case) -> Any:
+    from torch import nn
+    if case.model["name"] == "cnn":
+        height, width, channels = case.shape
+        flat = 32 * ((height - 2) // 2) * ((width - 2) // 2)
+        return nn.Sequential(nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(),
+                             nn.Linear(128, NUM_CLASSES))
+    if case.model["name"] == "mlp":
+        size = 1
+        for d in case.shape:
+            size *= d
+        return nn.Sequential(nn.Flatten(), nn.Linear(size, 512), nn.ReLU(), nn.Linear(512, 512),
+                             nn.ReLU(), nn.Linear(512, NUM_CLASSES))
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = (nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+        def forward(self, x: Any) -> Any:
+            return nn.functional.relu(self.shortcut(x) + self.body(x))
+
+    width = case.model["width"]
+    layers: list[Any] = [nn.Conv2d(case.shape[-1], width, 3, 1, 1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
+    for stage, blocks in enumerate(case.model["stage_sizes"]):
+        for block in range(blocks):
+            layers.append(Block(cin, width * 2**stage, 2 if stage > 0 and block == 0 else 1))
+            cin = width * 2**stage
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(cin, NUM_CLASSES))
+
+
+def run_torch(case: Case, steps: int, steps_per_dispatch: int) -> float:
+    """The PyTorch tutorial loop: zero_grad, forward, loss, backward, step; no sync per step."""
+    import torch
+    inputs, labels = _batches(case, steps)
+    inputs = torch.from_numpy(inputs).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW.
+    labels = torch.from_numpy(labels).long()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
-        framework.train(config, workdir)
-    return {"plugins_list_s": plugins_list, "first_step_s": time.perf_counter() - start}
+    model = _torch_model(case)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    for i in range(steps):
+        rows = slice(i * case.batch, (i + 1) * case.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs[rows]), labels[rows])
+        loss.backward()
+        optimizer.step()
+    loss.item()
+    return time.perf_counter() - start
+
+
+SIDES = {"handwritten": run_handwritten, "jaxforge": run_jaxforge, "keras": run_keras,
+         "torch": run_torch}
+
+
+def _import_libraries(side: str) -> None:
+    """What the side's run will import, so the memory baseline comes after it."""
+    if side == "keras":
+        os.environ["KERAS_BACKEND"] = "jax"
+        import keras  # noqa: F401
+    elif side == "torch":
+        import torch  # noqa: F401
+    else:
+        import flax.linen  # noqa: F401
+        import optax  # noqa: F401
+
+        import framework  # noqa: F401
+        if side == "jaxforge":  # What `framework.train` loads: the loop, Orbax, TensorBoard.
+            import framework.loop  # noqa: F401
+            import orbax.checkpoint  # noqa: F401
+
+            from framework.summary_writer import _import_tensorboardx
+            _import_tensorboardx()
+
+
+def worker(side: str, case_name: str, steps: int, steps_per_dispatch: int) -> None:
+    """One measurement in this process: prints {"seconds", "peak_mib", "imports_mib"} as JSON."""
+    _import_libraries(side)
+    baseline = _rss_mib()
+    seconds = SIDES[side](CASES[case_name], steps, steps_per_dispatch)
+    print(json.dumps({"seconds": seconds, "peak_mib": _peak_rss_mib() - baseline,
+                      "imports_mib": baseline}))
+
+
+# ------------------------------------------------------------------------ the driver
+
+def measure(side: str, case_name: str, steps: int, steps_per_dispatch: int = 1
+            ) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", side, case_name, str(steps),
+         str(steps_per_dispatch)], cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{side} on {case_name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def installed_sides() -> list[str]:
+    return ["handwritten", "jaxforge"] + [
+        side for side in ("keras", "torch") if importlib.util.find_spec(side) is not None]
+
+
+def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]:
+    """Median steps/s of every column over interleaved repeats, ratios, peak memory."""
+    case = CASES[case_name]
+    columns = {side: (side, 1) for side in sides}
+    columns.update({f"jaxforge_k{k}": ("jaxforge", k) for k in case.dispatch})
+    seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
+    peak_mib: dict[str, list[float]] = {c: [] for c in columns}
+    imports_mib: dict[str, float] = {}
+    for _ in range(repeats):  # Interleaved, so drift in the machine's speed hits every column.
+        for column, (side, k) in columns.items():
+            short = measure(side, case_name, case.short, k)
+            long = measure(side, case_name, case.long, k)
+            seconds_per_step[column].append(
+                (long["seconds"] - short["seconds"]) / (case.long - case.short))
+            peak_mib[column].append(long["peak_mib"])
+            imports_mib[column] = long["imports_mib"]
+    rates = {c: 1.0 / statistics.median(v) for c, v in seconds_per_step.items()}
+    best = max((c for c in columns if columns[c][0] == "jaxforge"), key=rates.__getitem__)
+    rates["jaxforge_best"] = rates[best]
+    peaks = {c: statistics.median(v) for c, v in peak_mib.items()}
+    peaks["jaxforge_best"] = peaks[best]
+    imports_mib["jaxforge_best"] = imports_mib[best]
+    return {
+        "steps": [case.short, case.long], "best_steps_per_dispatch": columns[best][1],
+        "steps_per_sec": rates,
+        "ratio_to_handwritten": {c: r / rates["handwritten"] for c, r in rates.items()},
+        "peak_mib": peaks, "imports_mib": imports_mib,
+        "spread": {c: (max(v) - min(v)) / statistics.median(v)
+                   for c, v in seconds_per_step.items()},
+    }
+
+
+def startup_seconds(repeats: int) -> dict[str, float]:
+    """Median wall time of `jaxforge plugins list`, and of the CLI training digits_cnn 1 step."""
+    def wall(args: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as workdir:
+            command = [a.replace("WORKDIR", workdir) for a in args]
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "framework.cli", *command], cwd=REPO,
+                           check=True, capture_output=True)
+            return time.perf_counter() - start
+
+    train_one_step = ["train", "--config", "experiments/digits_cnn.py", "--workdir", "WORKDIR",
+                      "--config.train.num_steps=1"]
+    return {
+        "plugins_list_s": statistics.median(wall(["plugins", "list"]) for _ in range(repeats)),
+        "train_one_step_s": statistics.median(wall(train_one_step) for _ in range(repeats)),
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    columns = ["handwritten", "jaxforge", "jaxforge_best"] + [
+        side for side in ("keras", "torch") if side in results["sides"]]
+    print(f"machine: {results['machine']}; jax {results['versions']['jax']}; per-step time from "
+          f"(long - short) steps, median of {results['repeats']} interleaved repeats")
+    print("steps/s (ratio to handwritten)")
+    print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns) + f"{'best k':>8s}")
+    for name, case in results["cases"].items():
+        cells = [f"{case['steps_per_sec'][c]:.1f} ({case['ratio_to_handwritten'][c]:.2f}x)"
+                 for c in columns]
+        print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells)
+              + f"{case['best_steps_per_dispatch']:>8d}")
+    print("peak memory growth during training, in MiB (resident after imports)")
+    print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns))
+    for name, case in results["cases"].items():
+        cells = [f"{case['peak_mib'][c]:.0f} ({case['imports_mib'][c]:.0f})"
+                 for c in columns]
+        print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells))
+    startup = results["startup"]
+    print(f"start-up: `jaxforge plugins list` {startup['plugins_list_s']:.2f} s; "
+          f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--short", type=int, default=50)
-    parser.add_argument("--long", type=int, default=300)
-    parser.add_argument("--steps_per_dispatch", type=int, default=10)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--skip", default="", help="installed sides to leave out: keras,torch")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "CASE", "STEPS", "K"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results: dict[str, Any] = {"device": str(jax.devices()[0]), "cases": {}}
+    if args.worker:
+        side, case_name, steps, k = args.worker
+        worker(side, case_name, int(steps), int(k))
+        return
+
+    import jax
+    sides = [side for side in installed_sides() if side not in args.skip.split(",")]
+    versions = {"jax": jax.__version__}
+    for side in ("keras", "torch"):
+        if side in sides:
+            versions[side] = importlib.metadata.version(side)
+    results: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}",
+        "versions": versions, "repeats": args.repeats, "sides": sides, "cases": {}}
     for name in args.cases.split(","):
-        model, shape, batch = CASES[name]
-        k = args.steps_per_dispatch
-        runs = {
-            "handwritten": lambda n: handwritten_seconds(model, shape, batch, n),
-            "jaxforge": lambda n: jaxforge_seconds(model, shape, batch, n, 1),
-            f"jaxforge_k{k}": lambda n: jaxforge_seconds(model, shape, batch, n, k),
-        }
-        samples: dict[str, list[float]] = {key: [] for key in runs}
-        for _ in range(args.repeats):  # Interleaved, so drift hits every side alike.
-            for key, run in runs.items():
-                samples[key].append(per_step(run, args.short, args.long))
-        rates = {key: _median_rate(values) for key, values in samples.items()}
-        results["cases"][name] = {
-            "steps_per_sec": rates,
-            "ratio_to_handwritten": {key: rate / rates["handwritten"]
-                                     for key, rate in rates.items()},
-        }
-    results["startup"] = startup_seconds()
-    print(f"device: {results['device']}; per-step time from ({args.long} - {args.short}) steps, "
-          f"median of {args.repeats} interleaved repeats")
-    columns = list(next(iter(results["cases"].values()))["steps_per_sec"])
-    print(f"{'case':12s}" + "".join(f"{c:>22s}" for c in columns))
-    for name, result in results["cases"].items():
-        cells = [f"{result['steps_per_sec'][c]:9.1f}/s ({result['ratio_to_handwritten'][c]:.2f}x)"
-                 for c in columns]
-        print(f"{name:12s}" + "".join(f"{cell:>22s}" for cell in cells))
-    print(f"start-up: `jaxforge plugins list` {results['startup']['plugins_list_s']:.2f} s; "
-          f"digits_cnn to its first step {results['startup']['first_step_s']:.2f} s")
+        results["cases"][name] = bench_case(name, sides, args.repeats)
+        print(f"{name}: {json.dumps(results['cases'][name]['steps_per_sec'])}", flush=True)
+    results["startup"] = startup_seconds(args.repeats)
+    print_table(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
