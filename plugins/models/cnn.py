@@ -14,6 +14,20 @@ import ml_collections
 import framework
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """`nn.max_pool(x, (2, 2), strides=(2, 2))` as the maximum of four strided slices.
+
+    The same values; the gradient is elementwise selects instead of XLA's select-and-scatter,
+    which on the CPU took 19 ms of the tutorial CNN's ~45 ms step at batch 64 (this: 1.7 ms).
+    Where a window holds equal maxima the gradient is shared between them instead of going to
+    the first; after a relu such ties are zeros, whose gradient the relu stops either way.
+    """
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]  # VALID: drop an odd last row/col.
+    top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+    bottom = jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    return jnp.maximum(top, bottom)
+
+
 class CNN(nn.Module):
     conv_features: Sequence[int]
     dense_features: Sequence[int]
@@ -33,7 +47,7 @@ class CNN(nn.Module):
             if self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         for features in self.dense_features:
             x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
