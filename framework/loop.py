@@ -39,8 +39,8 @@ from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
-from framework.step import (LATEST, StepOptions, accumulated_means, default_unroll,
-                            empty_accumulator, make_eval_step, make_train_step, metric_names)
+from framework.step import (StepOptions, accumulated_means, default_unroll, empty_accumulator,
+                            guarded_names, make_eval_step, make_train_step, metric_names)
 from framework.summary_writer import TensorBoardLog
 from framework.transforms import training_transform
 from framework.workdir import WorkdirLock, check_config_unchanged
@@ -386,8 +386,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
 
 def _nonfinite_stop(accumulator: dict[str, Any], loss_scaling: bool) -> str:
     """Under `train.on_nonfinite=stop`, at a log/eval/checkpoint boundary: why to stop, if so."""
-    names = nonfinite.guarded_names(
-        [name for name in metric_names(accumulator) if name not in LATEST], loss_scaling)
+    names = guarded_names(metric_names(accumulator), loss_scaling)
     return nonfinite.stop_message(jax.device_get(accumulator), names)
 
 

@@ -57,6 +57,12 @@ def metric_names(accumulator: dict[str, Any]) -> list[str]:
     return [k for k in accumulator if k not in _NOT_MEANS]
 
 
+def guarded_names(names: list[str], loss_scaling: bool) -> list[str]:
+    """The metrics the non-finite guard flags, in flag order; state descriptions (LATEST) are
+    not step results and are left out. The step and the loop's stop message both use this."""
+    return nonfinite.guarded_names([n for n in names if n not in LATEST], loss_scaling)
+
+
 def accumulated_means(accumulator: dict[str, Any], prefix: str) -> dict[str, float]:
     """Host-side means of fetched sums, named `<prefix>/<metric>`; skipped steps as a count.
 
@@ -138,7 +144,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         A step applies only when every metric is finite; under float16 loss scaling an
         overflowing gradient skips the step without raising a flag (the scale backs off)."""
         flags = nonfinite.nonfinite_flags(
-            metrics, nonfinite.guarded_names(list(metrics), loss_scale is not None))
+            metrics, guarded_names(list(metrics), loss_scale is not None))
         finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
         return finite & ~halted, flags
 
