@@ -9,8 +9,11 @@ Every side trains the same model with Adam on the same synthetic examples in the
 
 Each measurement is a fresh process. Per-step time is the difference between a long and a short
 run divided by the extra steps, so imports, start-up, compilation and the final evaluation
-cancel out. Runs are interleaved and repeated; the table shows medians, and ratios of steps/s to
-the hand-written loop. Peak memory is the growth of the process's peak resident set during the
+cancel out. Compilation cancels only on average: on a small CPU its time varies by seconds from
+run to run, more than the steps being measured. So the workers share a JAX persistent
+compilation cache, which one untimed warm-up run per column fills; every timed run then loads
+its programs instead of compiling them (the same for every JAX side). Runs are interleaved and
+repeated; the table shows medians, and ratios of steps/s to the hand-written loop. Peak memory is the growth of the process's peak resident set during the
 long run, over what it held after importing its libraries (on the CPU, device memory is host
 memory); the resident set after those imports is reported beside it.
 Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step.
@@ -286,11 +289,18 @@ def worker(side: str, case_name: str, steps: int, steps_per_dispatch: int) -> No
 
 # ------------------------------------------------------------------------ the driver
 
-def measure(side: str, case_name: str, steps: int, steps_per_dispatch: int = 1
-            ) -> dict[str, float]:
+def compilation_cache_env(cache_dir: str) -> dict[str, str]:
+    """The environment that makes JAX keep every compiled program in `cache_dir`."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def measure(side: str, case_name: str, steps: int, steps_per_dispatch: int = 1,
+            env: dict[str, str] | None = None) -> dict[str, float]:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", side, case_name, str(steps),
-         str(steps_per_dispatch)], cwd=REPO, capture_output=True, text=True)
+         str(steps_per_dispatch)], cwd=REPO, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{side} on {case_name} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -309,14 +319,19 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
     seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
     peak_mib: dict[str, list[float]] = {c: [] for c in columns}
     imports_mib: dict[str, float] = {}
-    for _ in range(repeats):  # Interleaved, so drift in the machine's speed hits every column.
-        for column, (side, k) in columns.items():
-            short = measure(side, case_name, case.short, k)
-            long = measure(side, case_name, case.long, k)
-            seconds_per_step[column].append(
-                (long["seconds"] - short["seconds"]) / (case.long - case.short))
-            peak_mib[column].append(long["peak_mib"])
-            imports_mib[column] = long["imports_mib"]
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = compilation_cache_env(cache_dir)
+        for side, k in columns.values():  # Warm-up: compile every program of both runs once.
+            measure(side, case_name, case.short, k, env)
+            measure(side, case_name, case.long, k, env)
+        for _ in range(repeats):  # Interleaved, so drift in the machine's speed hits every column.
+            for column, (side, k) in columns.items():
+                short = measure(side, case_name, case.short, k, env)
+                long = measure(side, case_name, case.long, k, env)
+                seconds_per_step[column].append(
+                    (long["seconds"] - short["seconds"]) / (case.long - case.short))
+                peak_mib[column].append(long["peak_mib"])
+                imports_mib[column] = long["imports_mib"]
     rates = {c: 1.0 / statistics.median(v) for c, v in seconds_per_step.items()}
     best = max((c for c in columns if columns[c][0] == "jaxforge"), key=rates.__getitem__)
     rates["jaxforge_best"] = rates[best]
