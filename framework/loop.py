@@ -29,7 +29,7 @@ from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
-from framework.input import DevicePrefetcher, to_global_array
+from framework.input import DevicePrefetcher, step_places_batches, to_global_array
 from framework.metrics import MetricsLog, read_metrics, summarize, write_json
 from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
@@ -258,15 +258,17 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
 
     options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
                           train_cfg.on_nonfinite, unroll=default_unroll())
+    batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
+    replicated = mesh_lib.replicated(experiment.mesh)
     step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
                                       experiment.augmentations, options), donate_argnums=(0,),
-                      out_shardings=(experiment.state_sharding,
-                                     mesh_lib.replicated(experiment.mesh)))
+                      in_shardings=(experiment.state_sharding, replicated, batch_sharding),
+                      out_shardings=(experiment.state_sharding, replicated))
     eval_step = _jit_eval_step(experiment)
-    batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
     prefetcher = DevicePrefetcher(
         iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
-        lambda stacked: to_global_array(stacked, batch_sharding))
+        (lambda stacked: stacked) if step_places_batches()
+        else lambda stacked: to_global_array(stacked, batch_sharding))
 
     boundaries = _Boundaries(train_cfg.log_every_steps, train_cfg.eval_every_steps,
                              config.checkpoint.every_steps, num_steps)
@@ -283,12 +285,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     shapes = jax.eval_shape(step_fn, state, empty_accumulator(), batches)[1]
                     zero_accumulator = jax.jit(
                         lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                        out_shardings=mesh_lib.replicated(experiment.mesh))
+                        out_shardings=replicated)
                     accumulator = zero_accumulator()
                     if pending.keys() == accumulator.keys():  # Sums since the last log.
                         accumulator = jax.device_put(
                             {k: np.asarray(v, accumulator[k].dtype) for k, v in pending.items()},
-                            mesh_lib.replicated(experiment.mesh))
+                            replicated)
                 profiler.before_dispatch(step)
                 previous = accumulator
                 state, accumulator = step_fn(state, accumulator, batches)
