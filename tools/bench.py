@@ -13,10 +13,12 @@ cancel out. Compilation cancels only on average: on a small CPU its time varies 
 run to run, more than the steps being measured. So the workers share a JAX persistent
 compilation cache, which one untimed warm-up run per column fills; every timed run then loads
 its programs instead of compiling them (the same for every JAX side). Runs are interleaved and
-repeated; the table shows medians, and ratios of steps/s to the hand-written loop. Peak memory is the growth of the process's peak resident set during the
-long run, over what it held after importing its libraries (on the CPU, device memory is host
-memory); the resident set after those imports is reported beside it.
-Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step.
+repeated; the table shows medians, and ratios of steps/s to the hand-written loop. Peak memory
+is the growth of the process's peak resident set during the long run, over what it held after
+importing its libraries (on the CPU, device memory is host memory); the resident set after those
+imports is reported beside it.
+Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step,
+cold and with a warm persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`).
 
     python tools/bench.py [--cases cnn@64,mlp@64] [--repeats 3] [--json bench.json]
 """
@@ -349,21 +351,27 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
 
 
 def startup_seconds(repeats: int) -> dict[str, float]:
-    """Median wall time of `jaxforge plugins list`, and of the CLI training digits_cnn 1 step."""
-    def wall(args: list[str]) -> float:
+    """Median wall time of `jaxforge plugins list`, and of the CLI training digits_cnn 1 step
+    without and with a warm persistent compilation cache."""
+    def wall(args: list[str], env: dict[str, str] | None = None) -> float:
         with tempfile.TemporaryDirectory() as workdir:
             command = [a.replace("WORKDIR", workdir) for a in args]
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "framework.cli", *command], cwd=REPO,
-                           check=True, capture_output=True)
+                           check=True, capture_output=True, env=env)
             return time.perf_counter() - start
 
     train_one_step = ["train", "--config", "experiments/digits_cnn.py", "--workdir", "WORKDIR",
                       "--config.train.num_steps=1"]
-    return {
-        "plugins_list_s": statistics.median(wall(["plugins", "list"]) for _ in range(repeats)),
-        "train_one_step_s": statistics.median(wall(train_one_step) for _ in range(repeats)),
-    }
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cached = compilation_cache_env(cache_dir)
+        wall(train_one_step, cached)  # Fills the cache.
+        return {
+            "plugins_list_s": statistics.median(wall(["plugins", "list"]) for _ in range(repeats)),
+            "train_one_step_s": statistics.median(wall(train_one_step) for _ in range(repeats)),
+            "train_one_step_cached_s": statistics.median(
+                wall(train_one_step, cached) for _ in range(repeats)),
+        }
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -386,7 +394,8 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells))
     startup = results["startup"]
     print(f"start-up: `jaxforge plugins list` {startup['plugins_list_s']:.2f} s; "
-          f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s")
+          f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s, "
+          f"{startup['train_one_step_cached_s']:.2f} s with a warm compilation cache")
 
 
 def main() -> None:
