@@ -2,7 +2,8 @@
 
 A background thread prepares the next dispatches while the current one runs. Each prepared item
 carries the data iterator's position *after* it, so a checkpoint records the position of what
-was consumed, not of what was prefetched.
+was consumed, not of what was prefetched. On one CPU process the step itself places the stacked
+batches (see `step_places_batches`).
 """
 
 from __future__ import annotations
