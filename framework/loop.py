@@ -169,6 +169,20 @@ def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict
     return accumulated_means(jax.device_get(accumulator), "eval")
 
 
+def _jit_train_step(experiment: Experiment) -> Any:
+    """The train step as the loop runs it: the state donated, the stacked batches placed by
+    `in_shardings` (numpy from the prefetch thread where `step_places_batches`)."""
+    train_cfg = experiment.config.train
+    options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
+                          train_cfg.on_nonfinite, unroll=default_unroll())
+    replicated = mesh_lib.replicated(experiment.mesh)
+    return jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
+                                   experiment.augmentations, options), donate_argnums=(0,),
+                   in_shardings=(experiment.state_sharding, replicated,
+                                 mesh_lib.batch_sharding(experiment.mesh, stacked=True)),
+                   out_shardings=(experiment.state_sharding, replicated))
+
+
 def _jit_eval_step(experiment: Experiment) -> Any:
     return jax.jit(make_eval_step(experiment.model))
 
@@ -256,15 +270,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
-    options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
-                          train_cfg.on_nonfinite, unroll=default_unroll())
+    step_fn = _jit_train_step(experiment)
+    eval_step = _jit_eval_step(experiment)
     batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
     replicated = mesh_lib.replicated(experiment.mesh)
-    step_fn = jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                      experiment.augmentations, options), donate_argnums=(0,),
-                      in_shardings=(experiment.state_sharding, replicated, batch_sharding),
-                      out_shardings=(experiment.state_sharding, replicated))
-    eval_step = _jit_eval_step(experiment)
     prefetcher = DevicePrefetcher(
         iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
         (lambda stacked: stacked) if step_places_batches()
