@@ -114,15 +114,19 @@ def run_jaxforge(case: Case, steps: int, steps_per_dispatch: int) -> float:
         return time.perf_counter() - start
 
 
-def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
-    """What a researcher writes by hand: same module, optimizer and data; jit with donation."""
+def handwritten_training(case: Case, config: Any, grad_norm: bool = False
+                         ) -> tuple[Any, tuple[Any, Any, Any], Any]:
+    """What a researcher writes by hand: same module, optimizer and data; jit with donation.
+
+    Returns the data source, the initial `(params, opt_state, extra)` and the jitted step
+    `(params, opt_state, extra, inputs, labels) -> (params, opt_state, extra, metric)`. The metric
+    is the loss; with `grad_norm` plus the gradients' global norm, the one more pass over the
+    gradients that jaxforge's metrics and non-finite guard make (see tools/step_ab.py)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     import framework
-    start = time.perf_counter()
-    config = _jax_config(case, steps, 1)
     source = framework.registry.load("datasets", "synthetic").build(
         config.dataset, framework.DataContext(seed=0))
     module = framework.registry.load("models", config.model.name).build(
@@ -130,7 +134,6 @@ def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *case.shape)), train=False)
     params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     tx = optax.adam(1e-3, eps=1e-7)
-    opt_state = tx.init(params)
 
     def step(params, opt_state, extra, inputs, labels):
         def loss_fn(params):
@@ -141,9 +144,18 @@ def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates_, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates_), opt_state, {**extra, **updates}, loss
+        metric = loss + optax.tree.norm(grads) if grad_norm else loss
+        return optax.apply_updates(params, updates_), opt_state, {**extra, **updates}, metric
 
-    step = jax.jit(step, donate_argnums=(0, 1, 2))
+    return source, (params, tx.init(params), extra), jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
+    """The hand-written loop: a Python for over the iterator, one jitted step per batch."""
+    import jax
+    start = time.perf_counter()
+    source, (params, opt_state, extra), step = handwritten_training(
+        case, _jax_config(case, steps, 1))
     iterator = source.train_iterator()
     for _ in range(steps):
         batch = next(iterator)
@@ -324,8 +336,9 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as cache_dir:
         env = compilation_cache_env(cache_dir)
         for side, k in columns.values():  # Warm-up: compile every program of both runs once.
-            measure(side, case_name, case.short, k, env)
-            measure(side, case_name, case.long, k, env)
+            if side != "torch":  # PyTorch eager compiles nothing.
+                measure(side, case_name, case.short, k, env)
+                measure(side, case_name, case.long, k, env)
         for _ in range(repeats):  # Interleaved, so drift in the machine's speed hits every column.
             for column, (side, k) in columns.items():
                 short = measure(side, case_name, case.short, k, env)
