@@ -19,3 +19,32 @@ def test_max_pool_2x2_matches_flax_values_and_gradients_after_relu(height, width
         return jax.grad(lambda x: jnp.sum(pool(jax.nn.relu(x)) ** 2))(x)
 
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(flax_pool))
+
+
+def test_resnet_imagenet_stem_is_resnet18_at_224():
+    """With the ImageNet stem, (2, 2, 2, 2) x 64 is ResNet-18: torchvision's 11,689,512
+    parameters, and 224x224 inputs reach the first stage at 56x56."""
+    import framework
+    from framework.parameters import count_parameters
+    config = framework.registry.load("models", "resnet").default_config()
+    config.update({"stage_sizes": (2, 2, 2, 2), "width": 64, "stem": "imagenet"})
+    metadata = framework.DatasetMetadata(input_shape=(224, 224, 3), num_classes=1000,
+                                         num_train=1, num_eval=1)
+    module = framework.registry.load("models", "resnet").build(config, metadata, jnp.float32)
+    variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, 224, 224, 3)), train=False))
+    assert count_parameters(variables["params"]) == 11_689_512
+    _, intermediates = jax.eval_shape(lambda variables: module.apply(
+        variables, jnp.zeros((2, 224, 224, 3)), train=False, capture_intermediates=True,
+        mutable=["intermediates"]), variables)
+    assert intermediates["intermediates"]["BasicBlock_0"]["__call__"][0].shape == (2, 56, 56, 64)
+    assert intermediates["intermediates"]["BasicBlock_7"]["__call__"][0].shape == (2, 7, 7, 512)
+
+
+def test_resnet_rejects_an_unknown_stem():
+    import framework
+    from framework.errors import ConfigError
+    from framework.testing import tiny_config
+    with pytest.raises(ConfigError, match=r"stem.*must be one of cifar, imagenet, got 'imgnet'"):
+        framework.resolve_config(tiny_config(
+            model={"name": "resnet", "stem": "imgnet"}))

@@ -1,7 +1,10 @@
-"""A ResNet for CIFAR-sized images (He et al. 2016, section 4.2): 3x3 stem, basic blocks.
+"""A ResNet of basic blocks (He et al. 2016), for CIFAR-sized or ImageNet-sized images.
 
-`stage_sizes=(3, 3, 3)` with `width=16` is ResNet-20; `(2, 2, 2, 2)` with `width=64` is the
-ResNet-18 layout commonly used on CIFAR.
+`stem="cifar"` (section 4.2) keeps the resolution: a 3x3 convolution. `stage_sizes=(3, 3, 3)`
+with `width=16` is ResNet-20; `(2, 2, 2, 2)` with `width=64` the ResNet-18 layout used on CIFAR.
+`stem="imagenet"` (table 1) quarters it first, a 7x7/2 convolution and a 3x3/2 max-pool, so
+224x224 images reach the first stage at 56x56: with `(2, 2, 2, 2)` and `width=64` this is
+ResNet-18, with `(3, 4, 6, 3)` ResNet-34.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 
 import framework
+
+STEMS = ("cifar", "imagenet")
 
 
 class BasicBlock(nn.Module):
@@ -37,13 +42,20 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     width: int
     num_classes: int
+    stem: str = "cifar"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = x.astype(self.dtype)
-        x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        if self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                        dtype=self.dtype)(x)
+        else:
+            x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
@@ -53,7 +65,11 @@ class ResNet(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"stage_sizes": (3, 3, 3), "width": 16})
+    return ml_collections.ConfigDict({
+        "stage_sizes": (3, 3, 3),  # Basic blocks per stage; each stage after the first halves
+        "width": 16,               # the resolution and doubles the width.
+        "stem": "cifar",           # cifar: 3x3 convolution | imagenet: 7x7/2 and 3x3/2 max-pool.
+    })
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -61,12 +77,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "stage_sizes", f"must be positive block counts, got "
                     f"{config.stage_sizes}.")
     framework.check(config.width > 0, "width", f"must be > 0, got {config.width}.")
+    framework.check(config.stem in STEMS, "stem",
+                    f"must be one of {', '.join(STEMS)}, got {config.stem!r}.")
 
 
 def build(config: ml_collections.ConfigDict, metadata: framework.DatasetMetadata,
           dtype: Any) -> ResNet:
     return ResNet(stage_sizes=tuple(config.stage_sizes), width=config.width,
-                  num_classes=metadata.num_classes, dtype=dtype)
+                  num_classes=metadata.num_classes, stem=config.stem, dtype=dtype)
 
 
 plugin = framework.Plugin(build=build, default_config=default_config, validate=validate,
