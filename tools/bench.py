@@ -16,11 +16,18 @@ its programs instead of compiling them (the same for every JAX side). Runs are i
 repeated; the table shows medians, and ratios of steps/s to the hand-written loop. Peak memory
 is the growth of the process's peak resident set during the long run, over what it held after
 importing its libraries (on the CPU, device memory is host memory); the resident set after those
-imports is reported beside it.
+imports is reported beside it. On a GPU or TPU the JAX sides report the device's peak memory in
+use instead.
+The work of a step is XLA's count of the hand-written step's floating-point operations (before
+its rewrites); TFLOP/s is that count times steps/s, for every column and for the hand-written
+step alone on one batch already on the device (`device_resident`: what the chip sustains on the
+model, without the input feed), against `--peak-tflops` when given.
 Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step,
 cold and with a warm persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`).
 
     python tools/bench.py [--cases cnn@64,mlp@64] [--repeats 3] [--json bench.json]
+    python tools/bench.py --cases cnn@8192,resnet18@224 --skip keras --no-startup \
+        --peak-tflops 989   # On one H200: its dense bfloat16 peak.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import importlib.metadata
 import importlib.util
 import io
 import json
+import math
 import os
 import resource
 import statistics
@@ -53,16 +61,31 @@ class Case:
     short: int  # Steps of the short and the long run.
     long: int
     dispatch: tuple[int, ...]  # Candidate `train.steps_per_dispatch` for `jaxforge_best`.
+    precision: str = "float32"  # `train.precision`: the compute dtype of every JAX side.
+    num_train: int = 4096  # Synthetic training examples, cycled through.
 
 
-CASES = {
+CASES = {  # The default: sized for a 2-core CPU.
     "cnn@64": Case({"name": "cnn"}, (28, 28, 1), 64, 40, 240, (4, 10)),
     "cnn@512": Case({"name": "cnn"}, (28, 28, 1), 512, 8, 48, (4,)),
     "mlp@64": Case({"name": "mlp"}, (28, 28, 1), 64, 200, 3200, (4, 16)),
     "resnet@64": Case({"name": "resnet", "stage_sizes": (1, 1, 1), "width": 16}, (32, 32, 3), 64,
                       10, 60, ()),
 }
-NUM_CLASSES, NUM_TRAIN = 10, 4096
+ACCELERATOR_CASES = {  # For a GPU or TPU: the tutorial CNN at a large batch, ResNet-18 in bf16.
+    "cnn@8192": Case({"name": "cnn"}, (28, 28, 1), 8192, 20, 220, (4,), num_train=16384),
+    "resnet18@224": Case({"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64,
+                          "stem": "imagenet"}, (224, 224, 3), 256, 5, 45, (),
+                         precision="bfloat16", num_train=512),
+}
+ALL_CASES = {**CASES, **ACCELERATOR_CASES}
+NUM_CLASSES = 10
+
+
+def _on_accelerator() -> bool:
+    """Whether JAX computes on a GPU or TPU here (only asked where JAX is already imported)."""
+    import jax
+    return jax.default_backend() != "cpu"
 
 
 def _rss_mib() -> float:
@@ -83,11 +106,12 @@ def _jax_config(case: Case, steps: int, steps_per_dispatch: int) -> Any:
     return framework.resolve_config(ml_collections.ConfigDict({
         "model": case.model,
         "dataset": {"name": "synthetic", "shape": case.shape, "num_classes": NUM_CLASSES,
-                    "num_train": NUM_TRAIN, "num_eval": case.batch, "batch_size": case.batch},
+                    "num_train": case.num_train, "num_eval": case.batch,
+                    "batch_size": case.batch},
         "optimizer": {"name": "adam", "learning_rate": 1e-3},
         "train": {"num_steps": steps, "eval_every_steps": 0,  # Evaluate only at the end.
                   "log_every_steps": -(-100 // steps_per_dispatch) * steps_per_dispatch,
-                  "steps_per_dispatch": steps_per_dispatch},
+                  "steps_per_dispatch": steps_per_dispatch, "precision": case.precision},
         "checkpoint": {"every_steps": 0},
     }))
 
@@ -130,7 +154,7 @@ def handwritten_training(case: Case, config: Any, grad_norm: bool = False
     source = framework.registry.load("datasets", "synthetic").build(
         config.dataset, framework.DataContext(seed=0))
     module = framework.registry.load("models", config.model.name).build(
-        config.model, source.metadata, jnp.float32)
+        config.model, source.metadata, jnp.dtype(case.precision))
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *case.shape)), train=False)
     params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     tx = optax.adam(1e-3, eps=1e-7)
@@ -139,7 +163,8 @@ def handwritten_training(case: Case, config: Any, grad_norm: bool = False
         def loss_fn(params):
             logits, updates = module.apply({"params": params, **extra}, inputs, train=True,
                                            mutable=list(extra))
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            loss = optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), labels).mean()
             return loss, updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -181,7 +206,11 @@ def _keras_model(case: Case) -> Any:
     else:  # The resnet plugin: 3x3 stem, one basic block per stage, global average pool.
         norm = lambda: layers.BatchNormalization(momentum=0.9, epsilon=1e-5)  # noqa: E731
         conv = lambda f, k, s: layers.Conv2D(f, k, s, padding="same", use_bias=False)  # noqa
-        x = layers.ReLU()(norm()(conv(case.model["width"], 3, 1)(inputs)))
+        if case.model.get("stem") == "imagenet":
+            x = layers.ReLU()(norm()(conv(case.model["width"], 7, 2)(inputs)))
+            x = layers.MaxPooling2D(3, 2, padding="same")(x)
+        else:
+            x = layers.ReLU()(norm()(conv(case.model["width"], 3, 1)(inputs)))
         for stage, blocks in enumerate(case.model["stage_sizes"]):
             features = case.model["width"] * 2**stage
             for block in range(blocks):
@@ -199,6 +228,8 @@ def run_keras(case: Case, steps: int, steps_per_dispatch: int) -> float:
     """The Keras tutorial's way: compile with Adam and a from-logits loss, then `fit`."""
     import keras
     inputs, labels = _batches(case, steps)
+    if case.precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     start = time.perf_counter()
     model = _keras_model(case)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
@@ -236,8 +267,12 @@ def _torch_model(case: Case) -> Any:
             return nn.functional.relu(self.shortcut(x) + self.body(x))
 
     width = case.model["width"]
-    layers: list[Any] = [nn.Conv2d(case.shape[-1], width, 3, 1, 1, bias=False),
-                         nn.BatchNorm2d(width), nn.ReLU()]
+    if case.model.get("stem") == "imagenet":
+        layers: list[Any] = [nn.Conv2d(case.shape[-1], width, 7, 2, 3, bias=False),
+                             nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    else:
+        layers = [nn.Conv2d(case.shape[-1], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                  nn.ReLU()]
     cin = width
     for stage, blocks in enumerate(case.model["stage_sizes"]):
         for block in range(blocks):
@@ -248,20 +283,28 @@ def _torch_model(case: Case) -> Any:
 
 
 def run_torch(case: Case, steps: int, steps_per_dispatch: int) -> float:
-    """The PyTorch tutorial loop: zero_grad, forward, loss, backward, step; no sync per step."""
+    """The PyTorch tutorial loop: zero_grad, forward, loss, backward, step; no sync per step.
+
+    On a GPU, as its performance guide recommends: channels-last images, bfloat16 autocast when
+    the case computes in bfloat16, each batch copied to the device as the step needs it."""
     import torch
     inputs, labels = _batches(case, steps)
-    inputs = torch.from_numpy(inputs).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW.
+    inputs = torch.from_numpy(inputs).permute(0, 3, 1, 2)  # NHWC -> NCHW, as PyTorch indexes.
     labels = torch.from_numpy(labels).long()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    inputs = inputs.contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=case.precision == "bfloat16")
     start = time.perf_counter()
-    model = _torch_model(case)
+    model = _torch_model(case).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     for i in range(steps):
         rows = slice(i * case.batch, (i + 1) * case.batch)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs[rows]), labels[rows])
+        with autocast:
+            loss = loss_fn(model(inputs[rows].to(device)), labels[rows].to(device))
         loss.backward()
         optimizer.step()
     loss.item()
@@ -277,7 +320,8 @@ def _import_libraries(side: str) -> None:
     if side == "keras":
         os.environ["KERAS_BACKEND"] = "jax"
         import keras  # noqa: F401
-    elif side == "torch":
+    elif side == "torch":  # Its data comes from the JAX sides' code: JAX must leave the GPU be.
+        os.environ["JAX_PLATFORMS"] = "cpu"
         import torch  # noqa: F401
     else:
         import flax.linen  # noqa: F401
@@ -293,12 +337,50 @@ def _import_libraries(side: str) -> None:
 
 
 def worker(side: str, case_name: str, steps: int, steps_per_dispatch: int) -> None:
-    """One measurement in this process: prints {"seconds", "peak_mib", "imports_mib"} as JSON."""
+    """One measurement in this process: prints {"seconds", "peak_mib", "imports_mib"} as JSON.
+
+    On a GPU or TPU, `peak_mib` is the device's peak memory in use instead."""
     _import_libraries(side)
     baseline = _rss_mib()
-    seconds = SIDES[side](CASES[case_name], steps, steps_per_dispatch)
-    print(json.dumps({"seconds": seconds, "peak_mib": _peak_rss_mib() - baseline,
-                      "imports_mib": baseline}))
+    seconds = SIDES[side](ALL_CASES[case_name], steps, steps_per_dispatch)
+    if side in ("handwritten", "jaxforge") and _on_accelerator():
+        import jax
+        peak_mib = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
+    elif side == "torch" and sys.modules["torch"].cuda.is_available():
+        peak_mib = sys.modules["torch"].cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = _peak_rss_mib() - baseline
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "imports_mib": baseline}))
+
+
+def step_cost(case_name: str) -> dict[str, Any]:
+    """The device, and the work of one step: XLA's count of the hand-written step's
+    floating-point operations, and that step's rate on one batch already on the device (no
+    input feed): what the chip sustains on this model."""
+    import jax
+    case = ALL_CASES[case_name]
+    source, (params, opt_state, extra), step = handwritten_training(case, _jax_config(case, 1, 1))
+    batch = next(source.train_iterator())
+    inputs, labels = jax.device_put(batch["inputs"]), jax.device_put(batch["label"])
+    # Counted on the program before XLA's rewrites: the model's own operations.
+    flops = step.lower(params, opt_state, extra, inputs, labels).cost_analysis()["flops"]
+    state = [params, opt_state, extra]
+
+    def seconds(steps: int) -> float:
+        nonlocal state
+        start = time.perf_counter()
+        for _ in range(steps):
+            *state, loss = step(*state, inputs, labels)
+        loss.block_until_ready()
+        return time.perf_counter() - start
+
+    seconds(2)  # Compiles and warms up.
+    steps = max(10, math.ceil(2.0 / (seconds(3) / 3)))  # About 2 s, in one stretch.
+    rate = steps / seconds(steps)
+    device = jax.devices()[0]
+    return {"device": f"{jax.device_count()} x {device.device_kind}",
+            "platform": device.platform, "flops_per_step": flops,
+            "device_resident_steps_per_sec": rate}
 
 
 # ------------------------------------------------------------------------ the driver
@@ -310,14 +392,19 @@ def compilation_cache_env(cache_dir: str) -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
+def _in_worker(args: list[str], what: str, env: dict[str, str] | None) -> dict[str, Any]:
+    """Runs this script with `args` in a fresh process; its last line of output, as JSON."""
+    result = subprocess.run([sys.executable, __file__, *args], cwd=REPO, capture_output=True,
+                            text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"{what} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def measure(side: str, case_name: str, steps: int, steps_per_dispatch: int = 1,
             env: dict[str, str] | None = None) -> dict[str, float]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", side, case_name, str(steps),
-         str(steps_per_dispatch)], cwd=REPO, capture_output=True, text=True, env=env)
-    if result.returncode:
-        raise RuntimeError(f"{side} on {case_name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _in_worker(["--worker", side, case_name, str(steps), str(steps_per_dispatch)],
+                      f"{side} on {case_name}", env)
 
 
 def installed_sides() -> list[str]:
@@ -326,8 +413,9 @@ def installed_sides() -> list[str]:
 
 
 def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]:
-    """Median steps/s of every column over interleaved repeats, ratios, peak memory."""
-    case = CASES[case_name]
+    """Median steps/s of every column over interleaved repeats, ratios, peak memory, and the
+    TFLOP/s they achieve at XLA's count of the model's operations per step."""
+    case = ALL_CASES[case_name]
     columns = {side: (side, 1) for side in sides}
     columns.update({f"jaxforge_k{k}": ("jaxforge", k) for k in case.dispatch})
     seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
@@ -335,6 +423,7 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
     imports_mib: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as cache_dir:
         env = compilation_cache_env(cache_dir)
+        cost = _in_worker(["--step-cost", case_name], f"the step cost of {case_name}", env)
         for side, k in columns.values():  # Warm-up: compile every program of both runs once.
             if side != "torch":  # PyTorch eager compiles nothing.
                 measure(side, case_name, case.short, k, env)
@@ -357,6 +446,9 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
         "steps": [case.short, case.long], "best_steps_per_dispatch": columns[best][1],
         "steps_per_sec": rates,
         "ratio_to_handwritten": {c: r / rates["handwritten"] for c, r in rates.items()},
+        **cost,
+        "tflops": {c: r * cost["flops_per_step"] / 1e12 for c, r in
+                   {**rates, "device_resident": cost["device_resident_steps_per_sec"]}.items()},
         "peak_mib": peaks, "imports_mib": imports_mib,
         "spread": {c: (max(v) - min(v)) / statistics.median(v)
                    for c, v in seconds_per_step.items()},
@@ -387,7 +479,7 @@ def startup_seconds(repeats: int) -> dict[str, float]:
         }
 
 
-def print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
     columns = ["handwritten", "jaxforge", "jaxforge_best"] + [
         side for side in ("keras", "torch") if side in results["sides"]]
     print(f"machine: {results['machine']}; jax {results['versions']['jax']}; per-step time from "
@@ -399,13 +491,28 @@ def print_table(results: dict[str, Any]) -> None:
                  for c in columns]
         print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells)
               + f"{case['best_steps_per_dispatch']:>8d}")
-    print("peak memory growth during training, in MiB (resident after imports)")
+    print("TFLOP/s at XLA's count of the hand-written step's operations; device_resident: that"
+          " step on one batch already on the device"
+          + (f"; % of the {peak_tflops:g} TFLOP/s peak" if peak_tflops else ""))
+    tflops_columns = ["handwritten", "jaxforge", "jaxforge_best", "device_resident"]
+    print(f"{'case':13s}{'GFLOP/step':>12s}" + "".join(f"{c:>18s}" for c in tflops_columns))
+    for name, case in results["cases"].items():
+        cells = [f"{case['tflops'][c]:.3g}" + (f" ({100 * case['tflops'][c] / peak_tflops:.1f}%)"
+                                               if peak_tflops else "") for c in tflops_columns]
+        print(f"{name:13s}{case['flops_per_step'] / 1e9:12.3g}"
+              + "".join(f"{cell:>18s}" for cell in cells))
+    accelerator = any(case["platform"] != "cpu" for case in results["cases"].values())
+    print("peak device memory in use, in MiB, for the JAX sides; elsewhere the growth of the peak"
+          " resident set (resident after imports)" if accelerator else
+          "peak memory growth during training, in MiB (resident after imports)")
     print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns))
     for name, case in results["cases"].items():
         cells = [f"{case['peak_mib'][c]:.0f} ({case['imports_mib'][c]:.0f})"
                  for c in columns]
         print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells))
-    startup = results["startup"]
+    startup = results.get("startup")
+    if startup is None:
+        return
     print(f"start-up: `jaxforge plugins list` {startup['plugins_list_s']:.2f} s; "
           f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s, "
           f"{startup['train_one_step_cached_s']:.2f} s with a warm compilation cache")
@@ -413,32 +520,45 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"of {', '.join(ALL_CASES)}; "
+                             f"{', '.join(ACCELERATOR_CASES)} are sized for a GPU or TPU")
     parser.add_argument("--skip", default="", help="installed sides to leave out: keras,torch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the chip's peak in the cases' precision, to print TFLOP/s against")
     parser.add_argument("--worker", nargs=4, metavar=("SIDE", "CASE", "STEPS", "K"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--step-cost", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         side, case_name, steps, k = args.worker
         worker(side, case_name, int(steps), int(k))
         return
+    if args.step_cost:
+        print(json.dumps(step_cost(args.step_cost)))
+        return
 
-    import jax
+    # JAX is left unimported here: on a GPU it would take the memory the workers need.
     sides = [side for side in installed_sides() if side not in args.skip.split(",")]
-    versions = {"jax": jax.__version__}
-    for side in ("keras", "torch"):
-        if side in sides:
-            versions[side] = importlib.metadata.version(side)
-    results: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}",
-        "versions": versions, "repeats": args.repeats, "sides": sides, "cases": {}}
+    versions = {name: importlib.metadata.version(name)
+                for name in ("jax", *(side for side in sides if side in ("keras", "torch")))}
+    results: dict[str, Any] = {"versions": versions, "repeats": args.repeats, "sides": sides,
+                               "cases": {}}
     for name in args.cases.split(","):
-        results["cases"][name] = bench_case(name, sides, args.repeats)
-        print(f"{name}: {json.dumps(results['cases'][name]['steps_per_sec'])}", flush=True)
-    results["startup"] = startup_seconds(args.repeats)
-    print_table(results)
+        if name not in ALL_CASES:
+            parser.error(f"unknown case {name!r}; choose from {', '.join(ALL_CASES)}")
+    for name in args.cases.split(","):
+        results["cases"][name] = case = bench_case(name, sides, args.repeats)
+        results["machine"] = f"{os.cpu_count()} CPU cores, {case['device']}"
+        print(f"{name}: {json.dumps(case['steps_per_sec'])}", flush=True)
+        if args.json:  # After every case, so a run stopped early keeps what it measured.
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_startup:
+        results["startup"] = startup_seconds(args.repeats)
+    print_table(results, args.peak_tflops)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -69,11 +69,11 @@ def jaxforge_blocks(experiment: Any, block: int) -> Iterator[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="mlp@64", choices=list(bench.CASES))
+    parser.add_argument("--case", default="mlp@64", choices=list(bench.ALL_CASES))
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--block", type=int, default=50)
     args = parser.parse_args()
-    case = bench.CASES[args.case]
+    case = bench.ALL_CASES[args.case]
     experiment = loop.build_experiment(bench._jax_config(case, 100, 1))
     variants = {"hand": handwritten_blocks(experiment, case, False, args.block),
                 "hand+grad_norm": handwritten_blocks(experiment, case, True, args.block),
