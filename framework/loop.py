@@ -341,7 +341,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                 if stopper is not None:
                     stop_reason = (stopper.stop_reason
                                    or f"{type(stopper).__name__} stopped training")
-                if step < num_steps and stop_signal.should_stop(step):
+                if step < num_steps and stop_signal.should_stop():
                     preempted_by = stop_signal.signal_name or "a preemption notice"
                 if step == num_steps or stop_reason:
                     state = _final_state(experiment, state)

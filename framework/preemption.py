@@ -21,6 +21,7 @@ class StopSignal:
     def __init__(self) -> None:
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
+        self._checks = 0  # Calls of should_stop: the sync point's counter, the same everywhere.
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal_name and signum == signal.SIGINT:
@@ -38,10 +39,15 @@ class StopSignal:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def should_stop(self, step: int) -> bool:
-        """Whether all processes stop after `step` (a collective in multi-process runs)."""
+    def should_stop(self) -> bool:
+        """Whether all processes stop now; each process calls it once after every dispatch.
+
+        In a multi-process run JAX sets the sync point to the furthest process's last counter
+        + 1, and stops only where a counter equals it: so the counter is this call count, which
+        grows by one, not the step, which grows by `steps_per_dispatch`."""
+        self._checks += 1
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            return bool(multihost_utils.reached_preemption_sync_point(step))
+            return bool(multihost_utils.reached_preemption_sync_point(self._checks))
         return bool(self.signal_name)

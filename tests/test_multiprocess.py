@@ -1,12 +1,14 @@
 """Real multi-process runs on localhost: 2 processes x 4 CPU devices on JAX's distributed runtime
-(gloo collectives) train exactly what 1 process x 8 devices trains, and checkpoints move between
-topologies (2x4 -> 1x8, 8 devices -> 4)."""
+(gloo collectives) train exactly what 1 process x 8 devices trains, stop together on a preemption
+notice, and checkpoints move between topologies (2x4 -> 1x8, 8 devices -> 4)."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -42,9 +44,9 @@ def device_env(devices: int) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
-    """Run `jaxforge ARGS` as one process per entry of `devices` (its local device count) on
-    localhost; each process's exit status and output, in process order."""
+def start(args: list[str], devices: list[int]) -> list[subprocess.Popen]:
+    """Start `jaxforge ARGS` as one process per entry of `devices` (its local device count) on
+    localhost."""
     port = free_port()
     procs = []
     for process_id, count in enumerate(devices):
@@ -54,6 +56,11 @@ def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "framework.cli", *args, *flags], cwd=REPO,
             env=device_env(count), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """Each started process's exit status and output, in process order."""
     outputs = []
     try:
         for proc in procs:
@@ -63,6 +70,11 @@ def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
             if proc.poll() is None:
                 proc.kill()
     return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
+
+
+def launch(args: list[str], devices: list[int]) -> list[tuple[int, str]]:
+    """Run `jaxforge ARGS` as one process per entry of `devices`, to the end."""
+    return finish(start(args, devices))
 
 
 def jaxforge(args: list[str], num_processes: int = 1, devices: int = 4) -> list[str]:
@@ -104,6 +116,36 @@ def test_two_processes_train_and_resume_like_one_process_with_eight_devices(tmp_
     # The 2 x 4 checkpoint restores here, on one process with 8 devices.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  params_of(multi), params_of(tmp_path / "single"))
+
+
+def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tmp_path, tiny):
+    """SIGTERM to process 1 only: both processes stop after the same dispatch, checkpoint it and
+    exit 0 (with 2 steps per dispatch, so step numbers are not what JAX's sync point counts)."""
+    config = tiny(train={"num_steps": 100_000, "steps_per_dispatch": 2, "eval_every_steps": 0},
+                  checkpoint={"every_steps": 0})
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    train = ["train", f"--config={experiment}", f"--workdir={tmp_path / 'run'}"]
+    procs = start(train, [4, 4])
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        assert all(proc.poll() is None for proc in procs), finish(procs)
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    results = finish(procs)
+    for returncode, output in results:
+        assert returncode == 0, output[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    stopped_at = summary["steps"]
+    assert summary["preempted_by"] == "a preemption notice" and 0 < stopped_at < 100_000
+    assert f"Stopped at step {stopped_at} by a preemption notice" in results[0][1]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()] == [
+        str(stopped_at)]
+
+    outputs = jaxforge([*train, f"--config.train.num_steps={stopped_at + 10}",
+                        "--allow_config_change"], num_processes=2)
+    assert f"Resuming from the step-{stopped_at} checkpoint" in outputs[0]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == stopped_at + 10
 
 
 def test_a_checkpoint_from_eight_devices_evaluates_on_four(tmp_path, tiny):
