@@ -20,6 +20,7 @@ _LAZY = {
     "DatasetMetadata": "framework.plugin",
     "DataContext": "framework.plugin",
     "Callback": "framework.plugin",
+    "HostCopy": "framework.state",
     "register_model": "framework.plugin",
     "register_dataset": "framework.plugin",
     "register_regularizer": "framework.plugin",

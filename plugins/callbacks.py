@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
 import ml_collections
 
 import framework
@@ -25,7 +24,8 @@ class EarlyStopping(framework.Callback):
         self.restore_best = config.restore_best
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_step: int | None = None
-        self.best_state: Any = None  # A host copy: the device buffers are donated to the step.
+        # On the host: the device buffers are donated to the next step.
+        self.best_state: framework.HostCopy | None = None
         self.evaluations_without_improvement = 0
 
     def _improved(self, value: float) -> bool:
@@ -43,7 +43,7 @@ class EarlyStopping(framework.Callback):
             self.best, self.best_step = value, step
             self.evaluations_without_improvement = 0
             if self.restore_best:
-                self.best_state = jax.device_get(state)
+                self.best_state = framework.HostCopy(state)
             return
         self.evaluations_without_improvement += 1
         if self.evaluations_without_improvement >= self.patience:
@@ -53,7 +53,9 @@ class EarlyStopping(framework.Callback):
                 f"more than {self.min_delta} in {self.patience} evaluation(s)")
 
     def final_state(self, state: Any) -> Any:
-        return self.best_state if self.restore_best and self.best_state is not None else state
+        if self.restore_best and self.best_state is not None:
+            return self.best_state.to_devices()
+        return state
 
     def on_end(self, summary: dict[str, Any], state: Any) -> None:
         summary["early_stopping"] = {

@@ -148,6 +148,27 @@ def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tm
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == stopped_at + 10
 
 
+def test_early_stopping_restores_the_best_state_across_processes(tmp_path, tiny):
+    """The best state of a run whose parameters are sharded over both processes' devices: no
+    process holds all of it, and the run still ends with it, as one process with 8 devices."""
+    config = tiny(mesh={"data": 1, "fsdp": -1, "fsdp_min_size": 16},
+                  optimizer={"learning_rate": 0.5},  # Too high: eval/loss rises after a while.
+                  train={"num_steps": 200, "eval_every_steps": 10},
+                  callbacks={"early_stopping": {"patience": 2}})
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    single = framework.train(framework.resolve_config(config), tmp_path / "single")
+    assert single["stopped_early"] and single["early_stopping"]["restored_best"]
+    jaxforge(["train", f"--config={experiment}", f"--workdir={tmp_path / 'multi'}"],
+             num_processes=2)
+    multi = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert multi["early_stopping"] == {**single["early_stopping"],
+                                       "best": pytest.approx(single["early_stopping"]["best"])}
+    assert multi["stop_step"] == single["stop_step"] and multi["steps"] == single["steps"]
+    assert int(loop.restore(tmp_path / "multi")[1].step) == single["early_stopping"]["best_step"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params_of(tmp_path / "multi"), params_of(tmp_path / "single"))
+
+
 def test_a_checkpoint_from_eight_devices_evaluates_on_four(tmp_path, tiny):
     summary = framework.train(framework.resolve_config(tiny(train={"num_steps": 20})), tmp_path)
     output = jaxforge(["eval", f"--workdir={tmp_path}"], devices=4)[0]
