@@ -72,7 +72,8 @@ class Callback:
 
     Hooks run at log, eval and checkpoint steps (never every step, so they cost no host sync).
     `state` is the current train state; read it, do not modify it. Its buffers are reused by
-    the next step: to keep a copy, `jax.device_get` it.
+    the next step: to keep a copy, keep `framework.HostCopy(state)` (`jax.device_get` fails
+    where the state is sharded across processes).
     """
 
     stop_training: bool = False
