@@ -8,6 +8,7 @@ JAX's preemption sync point (the coordination service sees the signal on any pro
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -27,11 +28,16 @@ class StopSignal:
         if self.signal_name and signum == signal.SIGINT:
             raise KeyboardInterrupt  # The second Ctrl-C: abort now.
         self.signal_name = signal.Signals(signum).name
+        if jax.process_count() > 1:  # Tell JAX's preemption notifier, which owns SIGTERM.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __enter__(self) -> StopSignal:
-        # Multi-process runs leave SIGTERM to JAX's preemption notifier (see should_stop).
-        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+        if threading.current_thread() is threading.main_thread():
+            # Multi-process runs leave SIGTERM to JAX's preemption notifier (see should_stop)
+            # and pass a first Ctrl-C on to it.
+            signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (
+                signal.SIGINT,)
+            for signum in signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -118,9 +118,12 @@ def test_two_processes_train_and_resume_like_one_process_with_eight_devices(tmp_
                  params_of(multi), params_of(tmp_path / "single"))
 
 
-def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tmp_path, tiny):
-    """SIGTERM to process 1 only: both processes stop after the same dispatch, checkpoint it and
-    exit 0 (with 2 steps per dispatch, so step numbers are not what JAX's sync point counts)."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tmp_path, tiny,
+                                                                               signum):
+    """SIGTERM (a preemption notice) or Ctrl-C to process 1 only: both processes stop after the
+    same dispatch, checkpoint it and exit 0 (with 2 steps per dispatch, so step numbers are not
+    what JAX's sync point counts)."""
     config = tiny(train={"num_steps": 100_000, "steps_per_dispatch": 2, "eval_every_steps": 0},
                   checkpoint={"every_steps": 0})
     experiment = write_experiment(tmp_path / "experiment.py", config)
@@ -131,7 +134,7 @@ def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tm
     while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
         assert all(proc.poll() is None for proc in procs), finish(procs)
         time.sleep(0.5)
-    procs[1].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signum)
     results = finish(procs)
     for returncode, output in results:
         assert returncode == 0, output[-4000:]
