@@ -118,7 +118,7 @@ def test_two_processes_train_and_resume_like_one_process_with_eight_devices(tmp_
                  params_of(multi), params_of(tmp_path / "single"))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_preemption_notice_to_one_process_stops_all_at_one_step_and_resumes(tmp_path, tiny,
                                                                                signum):
     """SIGTERM (a preemption notice) or Ctrl-C to process 1 only: both processes stop after the
