@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import signal
 from typing import Any, Iterator
 
 import ml_collections
@@ -178,7 +179,8 @@ class GrainSource:
         if self._config.num_workers:
             _absl_flags_parsed()
             iterable = iterable.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self._config.num_workers))
+                grain.MultiprocessingOptions(num_workers=self._config.num_workers),
+                worker_init_fn=_ignore_interrupts)
         return iter(iterable)
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
@@ -189,6 +191,12 @@ class GrainSource:
                              self._context.process_index, self._num_eval)
         batches = self._grain.MapDataset.range(num_batches * local).batch(local).map(to_batch)
         return iter(batches.to_iter_dataset(self._read_options()))
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+    """Ctrl-C reaches the whole process group. The loop stops at a step boundary and closes the
+    workers; without this each of them would first die with its own KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _absl_flags_parsed() -> None:
