@@ -32,5 +32,6 @@ def test_a_host_copy_outlives_donation_and_comes_back_with_its_shardings():
     np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
                                   jax.random.key_data(jax.random.key(7)))
     leaves = dict(zip(["key", "replicated", "sharded"], copy._leaves))  # Flattening's order.
+    # A replicated array is kept once, not once per device; a sharded one once per shard.
     assert len(leaves["replicated"].blocks) == 1 and len(leaves["replicated"].placement) == 8
-    assert len(leaves["sharded"].blocks) == 8  # A replicated array is kept once, not 8 times.
+    assert len(leaves["sharded"].blocks) == 8

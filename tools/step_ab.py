@@ -40,12 +40,10 @@ def handwritten_blocks(experiment: Any, case: bench.Case, grad_norm: bool, block
         case, experiment.config, grad_norm)
     batch = next(source.train_iterator())
     inputs, labels = jnp.asarray(batch["inputs"]), jnp.asarray(batch["label"])
+    state = [params, opt_state, extra]
     while True:
-        start = time.perf_counter()
-        for _ in range(block):
-            params, opt_state, extra, metric = step(params, opt_state, extra, inputs, labels)
-        metric.block_until_ready()
-        yield time.perf_counter() - start
+        state, seconds = bench.time_on_one_batch(step, state, inputs, labels, block)
+        yield seconds
 
 
 def jaxforge_blocks(experiment: Any, block: int) -> Iterator[float]:
