@@ -24,7 +24,7 @@ import argparse
 import fnmatch
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from framework.errors import JaxforgeError
 from framework.registry import KINDS, PluginError, PluginInfo, registry
@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", allow_abbrev=False,
                                    help="evaluate a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True, metavar="DIR")
-    evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    evaluate.add_argument("--step", type=int, default=None,
+                          help="checkpoint step (default: latest)")
     _add_distributed_flags(evaluate)
 
     doctor = commands.add_parser(

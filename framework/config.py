@@ -12,8 +12,9 @@ import difflib
 import importlib.util
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
@@ -166,7 +167,7 @@ def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str
             raise ConfigError(f"config.{key} is a section, not a value: override one of its "
                               f"fields ({fields}), e.g. --config.{key}.FIELD=VALUE.")
         if text == "None":  # config_flags parses only real values; None unsets optional fields.
-            if not isinstance(parent._fields[name], FieldReference):  # noqa: SLF001
+            if not isinstance(parent._fields[name], FieldReference):
                 raise ConfigError(f"config.{key} cannot be None; it needs "
                                   f"{_type_name(parent.get_type(name))}.")
             parent[name] = None
@@ -287,7 +288,7 @@ def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
 def _insertion_order(section: ml_collections.ConfigDict) -> list[str]:
     """Keys in the order they were written. ConfigDict iterates sorted by default, but the order
     of e.g. augmentations is the order they are applied in; `_fields` is the only record of it."""
-    return list(section._fields)  # noqa: SLF001
+    return list(section._fields)
 
 
 def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDict:

@@ -10,7 +10,8 @@ real examples.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 

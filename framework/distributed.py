@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from framework.errors import JaxforgeError
 

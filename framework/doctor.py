@@ -11,7 +11,8 @@ import collections
 import importlib.metadata
 import json
 import platform
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -39,8 +39,16 @@ from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
 from framework.state import TrainState, create_train_state
-from framework.step import (StepOptions, accumulated_means, default_unroll, empty_accumulator,
-                            guarded_names, make_eval_step, make_train_step, metric_names)
+from framework.step import (
+    StepOptions,
+    accumulated_means,
+    default_unroll,
+    empty_accumulator,
+    guarded_names,
+    make_eval_step,
+    make_train_step,
+    metric_names,
+)
 from framework.summary_writer import TensorBoardLog
 from framework.transforms import training_transform
 from framework.workdir import WorkdirLock, check_config_unchanged

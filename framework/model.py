@@ -18,7 +18,8 @@ from __future__ import annotations
 import abc
 import inspect
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

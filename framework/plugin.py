@@ -28,7 +28,8 @@ the trainer's rng at every training step. `framework.testing` checks each kind's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 

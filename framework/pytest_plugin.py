@@ -11,7 +11,8 @@ fixture is used. Conformance checks are in `framework.testing`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -15,7 +15,8 @@ import importlib.metadata
 import os
 import re
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from framework.errors import JaxforgeError
 

@@ -7,7 +7,8 @@ the loop fetches only at log time. `steps_per_dispatch` steps run in one call as
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -18,8 +18,9 @@ import functools
 import itertools
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -96,7 +97,7 @@ def _value_text(value: Any) -> str:
 
 
 def run_name(values: dict[str, Any]) -> str:
-    """A filesystem-safe directory name from swept values: `optimizer.learning_rate=0.001,seed=0`."""
+    """A file-system-safe folder name from swept values: `optimizer.learning_rate=0.001,seed=0`."""
     return ",".join(f"{key}={_value_text(value)}" for key, value in values.items())
 
 

@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,9 +38,17 @@ from framework import config as config_lib
 from framework.data import DataSource
 from framework.model import Model, build_model
 from framework.plugin import Callback, DataContext, DatasetMetadata
-from framework.registry import (KINDS, LOCAL_DISTRIBUTION, PLUGIN_API_VERSION,
-                                PluginAPIVersionWarning, PluginError, PluginInfo, check_contract,
-                                check_kind, registry)
+from framework.registry import (
+    KINDS,
+    LOCAL_DISTRIBUTION,
+    PLUGIN_API_VERSION,
+    PluginAPIVersionWarning,
+    PluginError,
+    PluginInfo,
+    check_contract,
+    check_kind,
+    registry,
+)
 from framework.state import create_train_state
 
 PluginSpec = str | tuple[str, Any] | tuple[str, Any, ml_collections.ConfigDict | None]
@@ -340,7 +349,7 @@ print(json.dumps({"initialised": initialised}))
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_import(name: str, value: str, group: str, path: tuple[str, ...]) -> dict[str, Any]:
     """Import an entry point in a fresh interpreter; report whether a JAX backend started."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
@@ -919,6 +928,17 @@ def parametrize_with_checks(plugins: Sequence[PluginSpec]) -> Any:
     return pytest.mark.parametrize("check", params)
 
 
-__all__ = ["Check", "CheckResult", "CheckSkipped", "ConformanceError", "ContractViolation",
-           "BoundCheck", "check_plugin", "checks_for", "parametrize_with_checks", "plugin_kind",
-           "run_checks", "tiny_config"]
+__all__ = [
+    "BoundCheck",
+    "Check",
+    "CheckResult",
+    "CheckSkipped",
+    "ConformanceError",
+    "ContractViolation",
+    "check_plugin",
+    "checks_for",
+    "parametrize_with_checks",
+    "plugin_kind",
+    "run_checks",
+    "tiny_config",
+]

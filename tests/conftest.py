@@ -10,7 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 
-import pytest  # noqa: E402
+import pytest
 
 pytest_plugins = ("pytester",)  # Runs a plugin author's test session (test_testing.py).
 

@@ -1,7 +1,7 @@
 """ArraySource: deterministic, disjoint shards, exact resume, eval covering every example once."""
 
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 
 from framework.data import ArraySource

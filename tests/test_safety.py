@@ -164,9 +164,9 @@ def test_changed_config_is_refused_unless_allowed(tmp_path, tiny, capsys):
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path, tiny):
-    with WorkdirLock(tmp_path):
-        with pytest.raises(framework.JaxforgeError, match="Another run is using"):
-            framework.train(framework.resolve_config(tiny()), tmp_path)
+    with WorkdirLock(tmp_path), pytest.raises(framework.JaxforgeError,
+                                              match="Another run is using"):
+        framework.train(framework.resolve_config(tiny()), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -133,7 +133,7 @@ def test_flax_logical_axis_annotations_place_parameters(tmp_path, tiny):
             framework.train(framework.resolve_config(
                 tiny(model={"name": "annotated"}, mesh=mesh, train={"num_steps": 20})),
                 tmp_path / name)
-        experiment, state, _ = loop.restore(tmp_path / "model")
+        _, state, _ = loop.restore(tmp_path / "model")
     assert state.params["Dense_0"]["kernel"].sharding.spec == P(None, "model")
     assert state.params["Dense_1"]["kernel"].sharding.spec == P("model", None)
     assert state.params["Dense_0"]["bias"].sharding.spec == P()  # Not annotated.

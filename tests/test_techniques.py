@@ -83,10 +83,10 @@ def poisoned_synthetic(config, context):
     """The synthetic dataset with train example `poison_index` made NaN: each step that draws
     it has a NaN loss."""
     source = synthetic.build(config, context)
-    train = dict(source._train)  # noqa: SLF001 (a test reaching into the arrays it poisons)
+    train = dict(source._train)
     train["inputs"] = train["inputs"].copy()
     train["inputs"][config.poison_index] = np.nan
-    return framework.ArraySource(train, source._eval, source.metadata, config, context)  # noqa: SLF001
+    return framework.ArraySource(train, source._eval, source.metadata, config, context)
 
 
 def poisoned_defaults():
@@ -114,7 +114,7 @@ def index_drawn_first_at(config, step):
     iterator = source.train_iterator()
     for _ in range(step):
         row = next(iterator)["inputs"][0]
-    return int(np.flatnonzero((source._train["inputs"] == row).all(axis=(1, 2, 3)))[0])  # noqa: SLF001
+    return int(np.flatnonzero((source._train["inputs"] == row).all(axis=(1, 2, 3)))[0])
 
 
 def test_nonfinite_guard_stops_naming_step_and_metric_and_keeps_the_last_good_checkpoint(

@@ -8,13 +8,19 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from test_registry import make_distribution
 
 import framework
 from framework.cli import main
 from framework.registry import PluginError, registry
-from framework.testing import (ConformanceError, check_plugin, checks_for,
-                               parametrize_with_checks, run_checks, tiny_config)
-from test_registry import make_distribution
+from framework.testing import (
+    ConformanceError,
+    check_plugin,
+    checks_for,
+    parametrize_with_checks,
+    run_checks,
+    tiny_config,
+)
 
 SMALL_RESNET = tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4})
 BUILTINS = [(info.kind, info.id, SMALL_RESNET if info.name == "resnet" else None)

@@ -59,7 +59,7 @@ def test_metadata_comes_from_the_dataset(data_dir):
 
 def test_each_epoch_covers_the_split_once_shuffled_differently(data_dir):
     iterator = tiny_source(data_dir).train_iterator()
-    epochs = [sum((ids(next(iterator)) for _ in range(5)), []) for _ in range(2)]
+    epochs = [[i for _ in range(5) for i in ids(next(iterator))] for _ in range(2)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(NUM_TRAIN))
     assert epochs[0] != epochs[1] and epochs[0] != list(range(NUM_TRAIN))
 
@@ -142,7 +142,7 @@ def test_mnist_experiment_trains_on_tfds_mock_data(tmp_path):
     assert source.metadata.num_train == 128 and source.metadata.num_eval == 128
     batch = next(source.train_iterator())
     assert batch["inputs"].dtype == np.float32 and batch["inputs"].shape == (64, 28, 28, 1)
-    assert 0.0 <= batch["inputs"].min() and batch["inputs"].max() <= 1.0
+    assert batch["inputs"].min() >= 0.0 and batch["inputs"].max() <= 1.0
     assert batch["label"].max() < 10
     assert summary["steps"] == 8 and np.isfinite(summary["final"]["eval/loss"])
 

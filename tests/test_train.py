@@ -79,9 +79,9 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, tiny):
     crash = framework.Plugin(
         build=lambda config: Interrupt(config.at_step), api_version=framework.PLUGIN_API_VERSION,
         default_config=lambda: ml_collections.ConfigDict({"at_step": 30}))
-    with framework.registry.registered("callbacks", "crash", crash):
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny(callbacks={"crash": {"at_step": 40}}), interrupted)
+    with (framework.registry.registered("callbacks", "crash", crash),
+          pytest.raises(KeyboardInterrupt)):
+        run(tiny(callbacks={"crash": {"at_step": 40}}), interrupted)
     assert max(r["step"] for r in records(interrupted)) == 30  # Logged past the checkpoint (20).
     # The same config without the crash resumes from step 20.
     summary = run(tiny(), interrupted, allow_config_change=True)

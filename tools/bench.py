@@ -338,11 +338,11 @@ def _import_libraries(side: str) -> None:
         import flax.linen  # noqa: F401
         import optax  # noqa: F401
 
-        import framework  # noqa: F401
+        import framework
         if side == "jaxforge":  # What `framework.train` loads: the loop, Orbax, TensorBoard.
-            import framework.loop  # noqa: F401
             import orbax.checkpoint  # noqa: F401
 
+            import framework.loop  # noqa: F401
             from framework.summary_writer import _import_tensorboardx
             _import_tensorboardx()
 

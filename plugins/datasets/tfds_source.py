@@ -19,7 +19,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import signal
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np

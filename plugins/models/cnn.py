@@ -5,7 +5,8 @@ Widths, dropout and batch norm are fields, so the same plugin covers the tutoria
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -7,7 +7,8 @@ them, and the module is called as `module(x, train=...)`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import ml_collections

@@ -9,7 +9,8 @@ ResNet-18, with `(3, 4, 6, 3)` ResNet-34.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

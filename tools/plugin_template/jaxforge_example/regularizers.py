@@ -6,7 +6,8 @@ A penalty regularizer sees the parameters, the batch and the model's outputs; th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -27,7 +27,7 @@ def test_z_loss_is_added_to_the_loss(jaxforge_tiny_config, tmp_path):
                                          "log_every_steps": 10},
                                   checkpoint={"every_steps": 10})
     framework.train(framework.resolve_config(config), tmp_path)
-    record = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][0]
+    record = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     assert '"train/penalty/jaxforge_example:z_loss"' in record
 
 
