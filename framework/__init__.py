@@ -38,7 +38,6 @@ _LAZY = {
     "validate_schedule": "framework.schedules",
     "make_schedule": "framework.schedules",
 }
-_RENAMED = {"load_config": "load_and_resolve", "resolve_config": "resolve"}
 
 __all__ = ["ConfigError", "JaxforgeError", "PLUGIN_API_VERSION", "PluginAPIVersionWarning",
            "PluginError", "registry", "testing", *_LAZY]
@@ -52,7 +51,7 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f"framework.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module 'framework' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
+    value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
 

@@ -259,12 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "config":
             from framework import config as config_lib
 
-            print(config_lib.format_config(config_lib.load_and_resolve(args.config, extra)))
+            print(config_lib.format_config(config_lib.load_config(args.config, extra)))
         elif args.command == "train":
             _initialize_distributed(args)
             from framework import config as config_lib
 
-            config = config_lib.load_and_resolve(args.config, extra)
+            config = config_lib.load_config(args.config, extra)
             from framework import loop
 
             loop.train(config, args.workdir, allow_config_change=args.allow_config_change,

@@ -234,7 +234,7 @@ def _unknown_key_error(config: ml_collections.ConfigDict, key: str,
     """Name the unknown key and the closest valid one, here or anywhere in the config."""
     *parents, last = key.split(".")
     prefix = ".".join(parents) + "." if parents else ""
-    here = [prefix + k for k in valid_here]
+    here = [prefix + name for name in valid_here]
     close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
     if not close:  # Right name in the wrong section: `train.batch_size` -> `dataset.batch_size`.
         close = [p for p in _all_paths(config) if p.rsplit(".", 1)[-1] == last][:1]
@@ -383,8 +383,8 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
         check(train.num_steps > 0, "train.num_steps", f"must be > 0, got {train.num_steps}.")
     else:
         check(train.num_epochs > 0, "train.num_epochs", f"must be > 0, got {train.num_epochs}.")
-    k = train.steps_per_dispatch
-    check(k >= 1, "train.steps_per_dispatch", f"must be >= 1, got {k}.")
+    per_dispatch = train.steps_per_dispatch
+    check(per_dispatch >= 1, "train.steps_per_dispatch", f"must be >= 1, got {per_dispatch}.")
     check(train.log_every_steps > 0, "train.log_every_steps",
           f"must be > 0, got {train.log_every_steps}.")
     check(train.eval_every_steps >= 0, "train.eval_every_steps",
@@ -394,11 +394,12 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
     for key, every in (("train.log_every_steps", train.log_every_steps),
                        ("train.eval_every_steps", train.eval_every_steps),
                        ("checkpoint.every_steps", ckpt.every_steps)):
-        if every % k:
-            lower, upper = every // k * k, (every // k + 1) * k
+        if every % per_dispatch:
+            lower = every // per_dispatch * per_dispatch
+            upper = lower + per_dispatch
             alternatives = " or ".join(str(v) for v in (lower, upper) if v > 0)
             raise ConfigError(f"config.{key}={every} is not a multiple of "
-                              f"train.steps_per_dispatch={k}; use {alternatives}.")
+                              f"train.steps_per_dispatch={per_dispatch}; use {alternatives}.")
     check(ckpt.max_to_keep >= 1, "checkpoint.max_to_keep",
           f"must be >= 1, got {ckpt.max_to_keep}.")
     check(train.precision in PRECISIONS, "train.precision",
@@ -437,18 +438,19 @@ def mesh_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def _validate_profile_steps(train: ml_collections.ConfigDict) -> None:
-    window, k = tuple(train.profile_steps), train.steps_per_dispatch
+    window, per_dispatch = tuple(train.profile_steps), train.steps_per_dispatch
     if not window:
         return
-    example = f"e.g. ({10 * k}, {20 * k}) traces steps {10 * k + 1} to {20 * k}; () traces nothing"
+    start, end = 10 * per_dispatch, 20 * per_dispatch
+    example = f"e.g. ({start}, {end}) traces steps {start + 1} to {end}; () traces nothing"
     check(len(window) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in window),
           "train.profile_steps", f"must be two ints (start, end) or (), got {window!r}; {example}.")
     start, end = window
     check(0 <= start < end, "train.profile_steps",
           f"must satisfy 0 <= start < end, got {window!r}; {example}.")
-    check(start % k == 0 and end % k == 0, "train.profile_steps",
-          f"bounds must be multiples of train.steps_per_dispatch={k} (traces start and stop "
-          f"between dispatches), got {window!r}; {example}.")
+    check(start % per_dispatch == 0 and end % per_dispatch == 0, "train.profile_steps",
+          f"bounds must be multiples of train.steps_per_dispatch={per_dispatch} (traces start "
+          f"and stop between dispatches), got {window!r}; {example}.")
     if train.num_steps is not None:
         check(end <= train.num_steps, "train.profile_steps",
               f"ends at step {end}, after the last step (train.num_steps={train.num_steps}).")
@@ -479,7 +481,7 @@ def _validate_plugins(config: ml_collections.ConfigDict) -> None:
 # Resolution ----------------------------------------------------------------------------------
 
 
-def resolve(user: ml_collections.ConfigDict,
+def resolve_config(user: ml_collections.ConfigDict,
             overrides: Sequence[str] | dict[str, str] = ()) -> ml_collections.ConfigDict:
     """Merge, override, validate and lock a config. Raises ConfigError; trains nothing."""
     if not isinstance(overrides, dict):
@@ -498,10 +500,10 @@ def resolve(user: ml_collections.ConfigDict,
     return config
 
 
-def load_and_resolve(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The config of `jaxforge train --config SPEC --config.x=y ...`."""
     keys = parse_override_keys(overrides)  # Malformed overrides fail before the file runs.
-    return resolve(load_experiment(spec), keys)
+    return resolve_config(load_experiment(spec), keys)
 
 
 def format_config(config: ml_collections.ConfigDict, prefix: str = "") -> str:
@@ -526,5 +528,5 @@ def from_json_file(path: Path) -> ml_collections.ConfigDict:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"Cannot read the run config {path}: {error}") from None
-    return resolve(ml_collections.ConfigDict(data))
+    return resolve_config(ml_collections.ConfigDict(data))
 

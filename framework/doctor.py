@@ -78,7 +78,7 @@ def _mesh_line(config_path: str, overrides: Sequence[str]) -> str:
     from framework import config as config_lib
     from framework import mesh as mesh_lib
 
-    config = config_lib.load_and_resolve(config_path, overrides)
+    config = config_lib.load_config(config_path, overrides)
     mesh = mesh_lib.make_mesh(config_lib.mesh_sizes(config))
     mesh_lib.check_batch_fits(config.dataset.batch_size, mesh, "dataset.batch_size")
     shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -29,12 +29,12 @@ from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
-from framework.input import DevicePrefetcher, step_places_batches, to_global_array
 from framework.metrics import MetricsLog, read_metrics, summarize, write_json
 from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
 from framework.preemption import StopSignal
+from framework.prefetch import DevicePrefetcher, step_places_batches, to_global_array
 from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
@@ -49,13 +49,13 @@ from framework.step import (
     make_train_step,
     metric_names,
 )
-from framework.summary_writer import TensorBoardLog
-from framework.transforms import training_transform
+from framework.tensorboard_log import TensorBoardLog
+from framework.update_rule import update_rule
 from framework.workdir import WorkdirLock, check_config_unchanged
 
 
 @dataclasses.dataclass
-class Experiment:
+class Setup:
     """Everything built from a config before the first step."""
 
     config: ml_collections.ConfigDict
@@ -71,7 +71,7 @@ class Experiment:
     init_state: Any  # jitted `rng -> TrainState`, placed with `state_sharding`.
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def set_up(config: ml_collections.ConfigDict) -> Setup:
     """Build every plugin a config names, and the sharded state initialiser."""
     mesh = mesh_lib.make_mesh(config_lib.mesh_sizes(config))
     context = DataContext(seed=config.seed, process_index=jax.process_index(),
@@ -102,7 +102,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         else:
             raise ConfigError(f"config.regularizers.{name}: a penalty regularizer needs a "
                               "`weight` field in its default_config().")
-    tx = training_transform(optimizer, transforms, config.train)
+    tx = update_rule(optimizer, transforms, config.train)
     augmentations = [registry.load("augmentations", name).build(section)
                      for name, section in config.augmentations.items()]
     callbacks = [registry.load("callbacks", name).build(section)
@@ -116,7 +116,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     state_sharding = sharding_lib.train_state_shardings(
         config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
     init_state = jax.jit(create, out_shardings=state_sharding)
-    return Experiment(config, mesh, data, model, tx, penalties, augmentations, callbacks,
+    return Setup(config, mesh, data, model, tx, penalties, augmentations, callbacks,
                       num_steps, state_sharding, init_state)
 
 
@@ -161,11 +161,11 @@ class _Boundaries:
         return self.logs(step) or self.evaluates(step) or self.saves(step)
 
 
-def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict[str, float]:
-    sharding = mesh_lib.batch_sharding(experiment.mesh)
+def _evaluate(setup: Setup, eval_step: Any, state: TrainState) -> dict[str, float]:
+    sharding = mesh_lib.batch_sharding(setup.mesh)
     accumulator = None
-    for batch in experiment.data.eval_batches():
-        check_batch(batch, experiment.data.metadata, experiment.config.dataset.name)
+    for batch in setup.data.eval_batches():
+        check_batch(batch, setup.data.metadata, setup.config.dataset.name)
         batch = to_global_array(batch, sharding)
         if accumulator is None:  # Metric names come from the model's loss: ask for the shapes.
             shapes = jax.eval_shape(eval_step, state, empty_accumulator(), batch)
@@ -173,31 +173,31 @@ def _evaluate(experiment: Experiment, eval_step: Any, state: TrainState) -> dict
         previous, accumulator = accumulator, eval_step(state, accumulator, batch)
         previous["count"].block_until_ready()  # At most two dispatches in flight (see train).
     if accumulator is None:
-        raise JaxforgeError(f"Dataset {experiment.config.dataset.name!r} has no eval examples.")
+        raise JaxforgeError(f"Dataset {setup.config.dataset.name!r} has no eval examples.")
     return accumulated_means(jax.device_get(accumulator), "eval")
 
 
-def _jit_train_step(experiment: Experiment) -> Any:
+def _jit_train_step(setup: Setup) -> Any:
     """The train step as the loop runs it: the state donated, the stacked batches placed by
     `in_shardings` (numpy from the prefetch thread where `step_places_batches`)."""
-    train_cfg = experiment.config.train
+    train_cfg = setup.config.train
     options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
                           train_cfg.on_nonfinite, unroll=default_unroll())
-    replicated = mesh_lib.replicated(experiment.mesh)
-    return jax.jit(make_train_step(experiment.model, experiment.tx, experiment.penalties,
-                                   experiment.augmentations, options), donate_argnums=(0,),
-                   in_shardings=(experiment.state_sharding, replicated,
-                                 mesh_lib.batch_sharding(experiment.mesh, stacked=True)),
-                   out_shardings=(experiment.state_sharding, replicated))
+    replicated = mesh_lib.replicated(setup.mesh)
+    return jax.jit(make_train_step(setup.model, setup.tx, setup.penalties,
+                                   setup.augmentations, options), donate_argnums=(0,),
+                   in_shardings=(setup.state_sharding, replicated,
+                                 mesh_lib.batch_sharding(setup.mesh, stacked=True)),
+                   out_shardings=(setup.state_sharding, replicated))
 
 
-def _jit_eval_step(experiment: Experiment) -> Any:
-    return jax.jit(make_eval_step(experiment.model))
+def _jit_eval_step(setup: Setup) -> Any:
+    return jax.jit(make_eval_step(setup.model))
 
 
-def _abstract_state(experiment: Experiment) -> Any:
-    abstract = jax.eval_shape(experiment.init_state, jax.random.PRNGKey(0))
-    return abstract_like(abstract, experiment.state_sharding)
+def _abstract_state(setup: Setup) -> Any:
+    abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0))
+    return abstract_like(abstract, setup.state_sharding)
 
 
 def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -208,14 +208,14 @@ def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           allow_config_change: bool = False, restore_step: int | None = None) -> dict[str, Any]:
-    """Train (or resume) the experiment `config` in `workdir`; returns the summary.
+    """Train (or resume) the setup `config` in `workdir`; returns the summary.
 
     A workdir holds one run: a second concurrent run is refused, and resuming with a config that
     differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
     from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`.
     """
     if not config.is_locked:
-        config = config_lib.resolve(config)
+        config = config_lib.resolve_config(config)
     workdir = Path(workdir)
     with WorkdirLock(workdir) if is_main_process() else contextlib.nullcontext():
         return _train(config, workdir, allow_config_change, restore_step)
@@ -238,8 +238,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
            restore_step: int | None) -> dict[str, Any]:
     started = time.perf_counter()
     is_main = is_main_process()
-    experiment = build_experiment(config)
-    train_cfg, num_steps = config.train, experiment.num_steps
+    setup = set_up(config)
+    train_cfg, num_steps = config.train, setup.num_steps
     if is_main:
         check_config_unchanged(workdir, config, allow_config_change)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -248,18 +248,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
 
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
-    iterator = CheckedIterator(experiment.data.train_iterator(), experiment.data.metadata,
+    iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
                                config.dataset.name)
     start_step, pending = _restore_point(checkpointer, restore_step), {}
     if start_step:
         set_aside = checkpointer.set_aside_after(start_step) if is_main else []
-        state, data_state, pending = checkpointer.restore(start_step, _abstract_state(experiment))
+        state, data_state, pending = checkpointer.restore(start_step, _abstract_state(setup))
         iterator.set_state(data_state)
         if set_aside:
             print(f"Moved the later checkpoints {set_aside} to "
                   f"{workdir / 'abandoned_checkpoints'}.")
     else:
-        state = experiment.init_state(jax.random.PRNGKey(config.seed))
+        state = setup.init_state(jax.random.PRNGKey(config.seed))
     data_state = iterator.get_state()
 
     progress = Progress(num_steps, start_step, enabled=is_main)
@@ -269,7 +269,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     progress.message(parameters)
     progress.message(
         f"Training {config.model.name} ({count_parameters(state.params):,} parameters) on "
-        f"{config.dataset.name} for {num_steps} steps; mesh {dict(experiment.mesh.shape)} over "
+        f"{config.dataset.name} for {num_steps} steps; mesh {dict(setup.mesh.shape)} over "
         f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
     tensorboard = TensorBoardLog(workdir, start_step, enabled=is_main)
@@ -278,10 +278,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     if start_step:
         progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
 
-    step_fn = _jit_train_step(experiment)
-    eval_step = _jit_eval_step(experiment)
-    batch_sharding = mesh_lib.batch_sharding(experiment.mesh, stacked=True)
-    replicated = mesh_lib.replicated(experiment.mesh)
+    step_fn = _jit_train_step(setup)
+    eval_step = _jit_eval_step(setup)
+    batch_sharding = mesh_lib.batch_sharding(setup.mesh, stacked=True)
+    replicated = mesh_lib.replicated(setup.mesh)
     prefetcher = DevicePrefetcher(
         iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
         (lambda stacked: stacked) if step_places_batches()
@@ -328,14 +328,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     record["steps_per_sec"] = (step - last_log_step) / elapsed
                     last_log_time, last_log_step, paused = now, step, 0.0
                     accumulator = zero_accumulator()
-                    for callback in experiment.callbacks:
+                    for callback in setup.callbacks:
                         callback.on_log(step, record, state)
                 if boundaries.evaluates(step) and not nonfinite_stop:
                     pause_start = time.perf_counter()
-                    eval_metrics = _evaluate(experiment, eval_step, state)
+                    eval_metrics = _evaluate(setup, eval_step, state)
                     paused += time.perf_counter() - pause_start
                     record.update(eval_metrics)
-                    for callback in experiment.callbacks:
+                    for callback in setup.callbacks:
                         callback.on_eval(step, eval_metrics, state)
                 if record:
                     metrics_log.write(step, record)
@@ -345,20 +345,20 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
                     stop_reason = nonfinite_stop
                     progress.message(f"Stopping at step {step}: {stop_reason}")
                     break
-                stopper = next((c for c in experiment.callbacks if c.stop_training), None)
+                stopper = next((c for c in setup.callbacks if c.stop_training), None)
                 if stopper is not None:
                     stop_reason = (stopper.stop_reason
                                    or f"{type(stopper).__name__} stopped training")
                 if step < num_steps and stop_signal.should_stop():
                     preempted_by = stop_signal.signal_name or "a preemption notice"
                 if step == num_steps or stop_reason:
-                    state = _final_state(experiment, state)
+                    state = _final_state(setup, state)
                 if boundaries.saves(step) or stop_reason or preempted_by:
                     pause_start = time.perf_counter()
                     checkpointer.save(step, state, data_state, _pending_metrics(accumulator),
                                       _provenance(config))
                     paused += time.perf_counter() - pause_start
-                    for callback in experiment.callbacks:
+                    for callback in setup.callbacks:
                         callback.on_checkpoint(step, state)
                 if stop_reason:
                     progress.message(f"Stopping early at step {step}: {stop_reason}")
@@ -395,7 +395,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     sparsity = optax.tree_utils.tree_get(state.opt_state, "sparsity")
     if sparsity is not None:
         summary["sparsity"] = float(sparsity)
-    for callback in experiment.callbacks:
+    for callback in setup.callbacks:
         callback.on_end(summary, state)
     if is_main:
         write_json(workdir / "summary.json", summary)
@@ -409,12 +409,12 @@ def _nonfinite_stop(accumulator: dict[str, Any], loss_scaling: bool) -> str:
     return nonfinite.stop_message(jax.device_get(accumulator), names)
 
 
-def _final_state(experiment: Experiment, state: TrainState) -> TrainState:
+def _final_state(setup: Setup, state: TrainState) -> TrainState:
     """The state the run ends with: a callback may replace it (early stopping's best)."""
-    for callback in experiment.callbacks:
+    for callback in setup.callbacks:
         candidate = callback.final_state(state)
         if candidate is not state:
-            state = jax.device_put(candidate, experiment.state_sharding)
+            state = jax.device_put(candidate, setup.state_sharding)
     return state
 
 
@@ -436,26 +436,26 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 
 def restore(workdir: str | Path, step: int | None = None
-            ) -> tuple[Experiment, TrainState, int]:
-    """Rebuild a workdir's experiment from its config.json and restore a checkpoint's state."""
+            ) -> tuple[Setup, TrainState, int]:
+    """Rebuild a workdir's setup from its config.json and restore a checkpoint's state."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.exists():
         raise JaxforgeError(f"{workdir} has no config.json: it is not a jaxforge workdir.")
-    experiment = build_experiment(config_lib.from_json_file(config_file))
-    checkpointer = Checkpointer(workdir / "checkpoints", experiment.config.checkpoint.max_to_keep,
+    setup = set_up(config_lib.from_json_file(config_file))
+    checkpointer = Checkpointer(workdir / "checkpoints", setup.config.checkpoint.max_to_keep,
                                 async_save=False)
     try:
         step = step if step is not None else checkpointer.latest_step()
         if step is None:
             raise JaxforgeError(f"{workdir / 'checkpoints'} holds no checkpoint; train first.")
-        state, _, _ = checkpointer.restore(step, _abstract_state(experiment))
+        state, _, _ = checkpointer.restore(step, _abstract_state(setup))
     finally:
         checkpointer.close()
-    return experiment, state, step
+    return setup, state, step
 
 
 def evaluate(workdir: str | Path, step: int | None = None) -> dict[str, Any]:
     """Evaluate a workdir's latest (or given) checkpoint on the whole eval split."""
-    experiment, state, step = restore(workdir, step)
-    return {"step": step, **_evaluate(experiment, _jit_eval_step(experiment), state)}
+    setup, state, step = restore(workdir, step)
+    return {"step": step, **_evaluate(setup, _jit_eval_step(setup), state)}

@@ -76,13 +76,13 @@ def accumulated_means(accumulator: dict[str, Any], prefix: str) -> dict[str, flo
     return means
 
 
-def _split_micro_batches(batch: Batch, k: int) -> Batch:
-    """[B, ...] -> [k, B/k, ...]; micro-batch i holds examples i, i + k, i + 2k, ...
+def _split_micro_batches(batch: Batch, count: int) -> Batch:
+    """[B, ...] -> [count, B/count, ...]; micro-batch i holds examples i, i + count, ...
 
     Strided, so each device's shard of the batch feeds every micro-batch equally and no
     example moves between devices."""
     return jax.tree.map(lambda x: jnp.swapaxes(
-        x.reshape((x.shape[0] // k, k, *x.shape[1:])), 0, 1), batch)
+        x.reshape((x.shape[0] // count, count, *x.shape[1:])), 0, 1), batch)
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation,
@@ -94,7 +94,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     One step is one optimizer update: its batch is split into `accumulation_steps`
     micro-batches whose gradients `tx` (an optax.MultiSteps then) averages before updating.
     """
-    k = options.accumulation_steps
+    micro_batches = options.accumulation_steps
 
     def gradients(params: Any, model_state: Any, loss_scale: Any, batch: Batch,
                   dropout_rng: jax.Array) -> tuple[Any, dict[str, jax.Array], Any, Any]:
@@ -157,7 +157,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         for i, augment in enumerate(augmentations):
             batch = augment(jax.random.fold_in(augment_rng, i), batch)
 
-        if k == 1:
+        if micro_batches == 1:
             # The guard is known before the update, so the update runs under a `lax.cond`:
             # the buffers are updated in place. Selecting between the old and the updated state
             # afterwards would copy the optimizer state every step (a third of an MLP's step).
@@ -177,7 +177,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             (params, opt_state, model_state, loss_scale), metrics = jax.lax.scan(
                 micro_step, (state.params, state.opt_state, state.model_state,
                              state.loss_scale),
-                (jax.random.split(dropout_rng, k), _split_micro_batches(batch, k)),
+                (jax.random.split(dropout_rng, micro_batches),
+                 _split_micro_batches(batch, micro_batches)),
                 unroll=options.unroll)
             metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
             applied, flags = guard(metrics, loss_scale, halted)

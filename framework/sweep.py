@@ -116,7 +116,7 @@ def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
     for key, values in axes.items():  # Each value alone first, so an error names that value.
         for value in values:
             try:
-                config_lib.resolve(user, {**fixed, key: value})
+                config_lib.resolve_config(user, {**fixed, key: value})
             except ConfigError as error:
                 detail = (str(error).removeprefix(f"--config.{key}={value}: ")
                           .removeprefix(f"--config.{key}: "))
@@ -125,7 +125,7 @@ def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
     for combination in itertools.product(*axes.values()):
         texts = dict(zip(axes, combination))
         try:
-            config = config_lib.resolve(user, {**fixed, **texts})
+            config = config_lib.resolve_config(user, {**fixed, **texts})
         except ConfigError as error:
             given = ", ".join(f"{k}={v}" for k, v in texts.items())
             raise ConfigError(f"Sweep combination {given}: {error}") from None

@@ -201,7 +201,7 @@ class Subject:
             experiment[section] = ml_collections.ConfigDict({self.name: fields})
         with self.registered(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
-            resolved = config_lib.resolve(experiment, self._overrides)
+            resolved = config_lib.resolve_config(experiment, self._overrides)
         if self.kind in SECTIONS and resolved[SECTIONS[self.kind]].name != self.name:
             raise config_lib.ConfigError(
                 f"config.{SECTIONS[self.kind]}.name is the plugin under check, {self.name!r}; "
@@ -419,7 +419,7 @@ def _default_config(subject: Subject) -> None:
     experiment = ml_collections.ConfigDict(subject.config.to_dict())
     with subject.registered():
         try:
-            config_lib.resolve(experiment, {f"{section}.{typo}": "1"})
+            config_lib.resolve_config(experiment, {f"{section}.{typo}": "1"})
         except config_lib.ConfigError as error:
             _require(typo in str(error), f"An unknown key config.{section}.{typo} was rejected, "
                      f"but the error does not name it: {error}")

@@ -122,7 +122,7 @@ def test_augmentations_keep_the_order_they_are_written_in(tmp_path):
     user.augmentations = ml_collections.ConfigDict()
     for name in ("rotate", "scale", "random_crop", "flip"):
         user.augmentations[name] = ml_collections.ConfigDict()
-    config = config_lib.resolve(user, ["--config.augmentations.cutmix.alpha=0.5"])
+    config = config_lib.resolve_config(user, ["--config.augmentations.cutmix.alpha=0.5"])
     order = ["rotate", "scale", "random_crop", "flip", "cutmix"]
     assert list(config.augmentations.keys()) == order
     path = tmp_path / "config.json"

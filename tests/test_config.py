@@ -8,7 +8,7 @@ from framework.errors import ConfigError
 
 
 def resolve(user, *overrides):
-    return config_lib.resolve(ml_collections.ConfigDict(user), list(overrides))
+    return config_lib.resolve_config(ml_collections.ConfigDict(user), list(overrides))
 
 
 BASE = {"train": {"num_steps": 10}}
@@ -112,21 +112,21 @@ def test_config_file_argument_is_passed_to_get_config(tmp_path):
     file.write_text("import ml_collections\n"
                     "def get_config(arg):\n"
                     "    return ml_collections.ConfigDict({'train': {'num_steps': int(arg)}})\n")
-    assert config_lib.load_and_resolve(f"{file}:12").train.num_steps == 12
+    assert config_lib.load_config(f"{file}:12").train.num_steps == 12
 
 
 def test_every_experiment_resolves():
     from pathlib import Path
 
     for path in sorted(Path(__file__).parent.parent.glob("experiments/*.py")):
-        config = config_lib.load_and_resolve(str(path))
+        config = config_lib.load_config(str(path))
         assert config.is_locked, path
 
 
 @pytest.mark.parametrize("variant", ["baseline", "l2", "dropout", "augment", "bfloat16",
                                      "pruned", "early_stopping"])
 def test_every_regularized_digits_variant_resolves(variant):
-    config = config_lib.load_and_resolve(f"experiments/digits_cnn_regularized.py:{variant}")
+    config = config_lib.load_config(f"experiments/digits_cnn_regularized.py:{variant}")
     assert config.is_locked
 
 

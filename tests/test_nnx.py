@@ -171,7 +171,7 @@ def test_nnx_partitioning_annotations_place_parameters_by_the_logical_axis_rules
     with framework.registry.registered("models", "annotated_nnx", plugin):
         config = framework.resolve_config(tiny(model={"name": "annotated_nnx"}, mesh={
             "data": 4, "model": 2, "logical_axis_rules": (("mlp", "model"),)}))
-        state = loop.build_experiment(config).init_state(jax.random.PRNGKey(0))
+        state = loop.set_up(config).init_state(jax.random.PRNGKey(0))
     assert state.params["hidden"]["kernel"].sharding.spec == P(None, "model")
     assert state.params["out"]["kernel"].sharding.spec == P("model", None)
     assert state.params["hidden"]["bias"].sharding.spec == P()  # Not annotated.

@@ -43,7 +43,7 @@ def test_rules_then_fsdp_place_params_and_adam_moments_alike(tiny):
     config = framework.resolve_config(tiny(
         mesh={"data": 2, "fsdp": 4, "model": 1, "fsdp_min_size": 256,
               "rules": (("Dense_1/kernel", ("fsdp", None)),)}))
-    sharding = loop.build_experiment(config).state_sharding
+    sharding = loop.set_up(config).state_sharding
     params = sharding.params
     assert params["Dense_0"]["kernel"].spec == P(None, "fsdp")  # (16, 32): FSDP default.
     assert params["Dense_0"]["bias"].spec == P()  # 32 elements: under fsdp_min_size.
@@ -58,7 +58,7 @@ def test_a_rule_that_does_not_divide_a_parameter_names_it(tiny):
     config = framework.resolve_config(tiny(
         mesh={"data": 1, "fsdp": 1, "model": 8, "rules": (("Dense_1/kernel", (None, "model")),)}))
     with pytest.raises(ConfigError, match="Dense_1/kernel \\(shape \\(32, 4\\)\\).* 8 shards"):
-        loop.build_experiment(config)
+        loop.set_up(config)
 
 
 def records(workdir):

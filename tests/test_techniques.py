@@ -31,7 +31,7 @@ def records(workdir):
 
 
 def initial_state(config):
-    experiment = loop.build_experiment(framework.resolve_config(config))
+    experiment = loop.set_up(framework.resolve_config(config))
     return experiment, experiment.init_state(jax.random.PRNGKey(config.seed))
 
 

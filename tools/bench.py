@@ -343,7 +343,7 @@ def _import_libraries(side: str) -> None:
             import orbax.checkpoint  # noqa: F401
 
             import framework.loop  # noqa: F401
-            from framework.summary_writer import _import_tensorboardx
+            from framework.tensorboard_log import _import_tensorboardx
             _import_tensorboardx()
 
 

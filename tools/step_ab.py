@@ -30,7 +30,7 @@ import numpy as np
 
 from framework import loop
 from framework import mesh as mesh_lib
-from framework.input import to_global_array
+from framework.prefetch import to_global_array
 from framework.step import empty_accumulator
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=50)
     args = parser.parse_args()
     case = bench.ALL_CASES[args.case]
-    experiment = loop.build_experiment(bench._jax_config(case, 100, 1))
+    experiment = loop.set_up(bench._jax_config(case, 100, 1))
     variants = {"hand": handwritten_blocks(experiment, case, False, args.block),
                 "hand+grad_norm": handwritten_blocks(experiment, case, True, args.block),
                 "jaxforge": jaxforge_blocks(experiment, args.block)}

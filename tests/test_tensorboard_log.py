@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import framework
-from framework.summary_writer import TensorBoardLog, hparams_of
+from framework.tensorboard_log import TensorBoardLog, hparams_of
 
 
 def read_events(logdir):
@@ -101,7 +101,7 @@ def test_logging_does_not_import_pytorch(tmp_path):
                                       "Tensor = object\n")
     script = (
         "import sys, os, pathlib\n"
-        "from framework.summary_writer import TensorBoardLog\n"
+        "from framework.tensorboard_log import TensorBoardLog\n"
         "log = TensorBoardLog(pathlib.Path(sys.argv[1]), resume_step=0, enabled=True)\n"
         "log.write(1, {'train/loss': 1.0})\n"
         "log.close()\n"

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 
 
-def training_transform(optimizer: optax.GradientTransformation,
+def update_rule(optimizer: optax.GradientTransformation,
                        regularizers: list[optax.GradientTransformation],
                        train: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The run's GradientTransformation from the optimizer plugin and `config.train` switches."""
