@@ -32,6 +32,8 @@ _LAZY = {
     "TrainIterator": "framework.data",
     "local_batch_size": "framework.data",
     "check": "framework.config",
+    "fields": "framework.config",
+    "field_docs": "framework.config",
     "load_config": "framework.config",
     "resolve_config": "framework.config",
     "schedule_fields": "framework.schedules",

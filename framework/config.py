@@ -33,60 +33,119 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 NONFINITE_MODES = ("stop", "skip")
 
 
+_FIELD_DOCS = "_jaxforge_field_docs"  # The instance attribute `fields` keeps the meanings in.
+
+
+def fields(*sections: ml_collections.ConfigDict, **entries: tuple[Any, str]
+           ) -> ml_collections.ConfigDict:
+    """A ConfigDict of fields, each written with its meaning: `fields(width=(64, "Units."))`.
+
+    The result is an ordinary `ml_collections.ConfigDict` holding the defaults, equal to
+    `ConfigDict({"width": 64})`; the meanings ride along on it, for `field_docs`,
+    `jaxforge plugins show` and the generated reference. A default may be `placeholder(int)` or
+    a section made by `fields` (whose meanings are kept). `sections` come first: their fields,
+    with their meanings (if they have any), in their order, as `dict(section, **entries)`; an
+    entry of the same name replaces a section's field in place.
+    """
+    values: dict[str, Any] = {}
+    docs: dict[str, str] = {}
+    for section in sections:
+        values.update(section._fields)
+        docs.update(vars(section).get(_FIELD_DOCS, {}))
+    for name, entry in entries.items():
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], str)):
+            raise TypeError(f"fields({name}=...) takes (default, meaning), the meaning a str; "
+                            f"got {entry!r}.")
+        values[name], docs[name] = entry
+    config = ml_collections.ConfigDict(values)
+    object.__setattr__(config, _FIELD_DOCS, docs)  # Not a field: invisible to ml_collections.
+    return config
+
+
+def field_docs(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The meaning of each field of `config` that has one, by dotted path (`train.num_steps`),
+    in the order the fields were written; sections' own meanings are included by their path.
+    A ConfigDict not made by `fields` (or a copy of one: copies keep values, not meanings) has
+    none: {}."""
+    docs = vars(config).get(_FIELD_DOCS, {})
+    found = {}
+    for name, value in config._fields.items():
+        if name in docs:
+            found[name] = docs[name]
+        if isinstance(value, FieldReference):
+            value = value.get()
+        if isinstance(value, ml_collections.ConfigDict):
+            found.update({f"{name}.{path}": text for path, text in field_docs(value).items()})
+    return found
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The framework's own fields with their defaults; plugins add theirs to their sections."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.model = ml_collections.ConfigDict({"name": "cnn"})
-    config.dataset = ml_collections.ConfigDict({
-        "name": "digits",
-        "batch_size": 64,  # The global batch, over all processes and devices.
-        "eval_batch_size": placeholder(int),  # Defaults to batch_size.
-    })
-    config.optimizer = ml_collections.ConfigDict({"name": "adam"})
-    config.regularizers = ml_collections.ConfigDict()
-    config.augmentations = ml_collections.ConfigDict()
-    config.callbacks = ml_collections.ConfigDict()
-    config.train = ml_collections.ConfigDict({
-        "num_steps": placeholder(int),  # Total optimizer steps; or give num_epochs.
-        "num_epochs": placeholder(float),  # Converted to steps from the train split size.
-        "log_every_steps": 100,
-        "eval_every_steps": 500,  # 0: evaluate only at the end.
-        "steps_per_dispatch": 1,  # Steps run by one compiled call (a lax.scan).
-        # Compute dtype: float32 | bfloat16 | float16 (with dynamic loss scaling). Params and
-        # optimizer state stay float32.
-        "precision": "float32",
-        "grad_clip_norm": 0.0,  # Clip gradients to this global norm; 0: no clipping.
-        # Micro-batches per optimizer step: dataset.batch_size is split into this many, their
-        # gradients averaged (optax.MultiSteps). num_steps still counts optimizer steps.
-        "accumulation_steps": 1,
-        "ema_decay": 0.0,  # EMA of the params, used for evaluation; 0: off. E.g. 0.999.
-        # A step with a non-finite loss, metric or gradient: stop (the run ends, naming the step
-        # and metric; the last checkpoint is kept) or skip (drop the update, count it).
-        "on_nonfinite": "stop",
-        "best_metric": "eval/accuracy",  # What summary.json's `best` selects on.
-        "best_mode": "max",  # max | min.
-        # (start, end): a jax.profiler trace of the steps after `start` up to `end`, written to
-        # WORKDIR/profile. Empty: no trace.
-        "profile_steps": (),
-    })
-    config.mesh = ml_collections.ConfigDict({
-        "data": -1, "fsdp": 1, "model": 1,  # Axis sizes; -1: all remaining devices.
-        # ((regex on a parameter path, partition spec), ...): the first match places a parameter
-        # and its optimizer state, e.g. (("Dense_.*/kernel", (None, "model")),).
-        "rules": (),
-        # ((logical axis name, mesh axis or None), ...) for models that annotate parameters with
-        # nn.with_logical_partitioning, e.g. (("mlp", "model"),).
-        "logical_axis_rules": (),
-        # Unmatched parameters with at least this many elements are split over `fsdp`.
-        "fsdp_min_size": 2 ** 14,
-    })
-    config.checkpoint = ml_collections.ConfigDict({
-        "every_steps": 500,  # 0: only the final checkpoint.
-        "max_to_keep": 3,
-        "async_save": True,
-    })
-    return config
+    plugins = "Plugin name -> that plugin's fields, e.g. {}; {}."
+    return fields(
+        seed=(0, "Seeds the parameters, dropout, augmentations and the order of the train "
+                 "examples."),
+        model=(fields(
+            name=("cnn", "The model plugin: a name, or a distribution:name id."),
+        ), "The model: `name` and that plugin's fields."),
+        dataset=(fields(
+            name=("digits", "The dataset plugin: a name, or a distribution:name id."),
+            batch_size=(64, "The global batch, over all processes and devices."),
+            eval_batch_size=(placeholder(int), "The global evaluation batch; None: batch_size."),
+        ), "The dataset: `name`, the batch sizes and that plugin's fields."),
+        optimizer=(fields(
+            name=("adam", "The optimizer plugin: a name, or a distribution:name id."),
+        ), "The optimizer: `name` and that plugin's fields (learning rate and its schedule)."),
+        regularizers=(fields(), plugins.format(
+            "regularizers.l2.weight=1e-4", "penalties are added to the loss, transformations "
+                                          "chained after the optimizer")),
+        augmentations=(fields(), plugins.format(
+            "augmentations.flip.probability=0.5", "applied on device in the order written")),
+        callbacks=(fields(), plugins.format(
+            "callbacks.early_stopping.patience=3", "called at log, eval and checkpoint steps")),
+        train=(fields(
+            num_steps=(placeholder(int), "Total optimizer steps; or give num_epochs."),
+            num_epochs=(placeholder(float), "Converted to steps from the train split size."),
+            log_every_steps=(100, "Steps between metric logs (metrics.jsonl, TensorBoard)."),
+            eval_every_steps=(500, "Steps between evaluations; 0: evaluate only at the end."),
+            steps_per_dispatch=(1, "Steps run by one compiled call (a lax.scan)."),
+            precision=("float32", "Compute dtype: float32 | bfloat16 | float16 (with dynamic "
+                                  "loss scaling); params and optimizer state stay float32."),
+            grad_clip_norm=(0.0, "Clip gradients to this global norm; 0: no clipping."),
+            accumulation_steps=(1, "Micro-batches per optimizer step: dataset.batch_size is split "
+                                   "into this many, their gradients averaged (optax.MultiSteps); "
+                                   "num_steps still counts optimizer steps."),
+            ema_decay=(0.0, "EMA of the params, used for evaluation; 0: off. E.g. 0.999."),
+            on_nonfinite=("stop", "A step with a non-finite loss, metric or gradient: stop (the "
+                                  "run ends, naming the step and metric; the last checkpoint is "
+                                  "kept) or skip (drop the update, count it)."),
+            best_metric=("eval/accuracy", "What summary.json's `best` selects on."),
+            best_mode=("max", "max | min: whether a larger or a smaller best_metric is better."),
+            profile_steps=((), "(start, end): a jax.profiler trace of the steps after `start` up "
+                               "to `end`, written to WORKDIR/profile; empty: no trace."),
+        ), "The training loop: run length, logging, evaluation, precision, gradient handling."),
+        mesh=(fields(
+            data=(-1, "Mesh axis `data` (batches are split over it); -1: all remaining "
+                      "devices."),
+            fsdp=(1, "Mesh axis `fsdp` (batches and large parameters are split over it); -1: all "
+                     "remaining devices."),
+            model=(1, "Mesh axis `model` (for rules and logical axes); -1: all remaining "
+                      "devices."),
+            rules=((), "((regex on a parameter path, partition spec), ...): the first match "
+                       "places a parameter and its optimizer state, e.g. "
+                       "((\"Dense_.*/kernel\", (None, \"model\")),)."),
+            logical_axis_rules=((), "((logical axis name, mesh axis or None), ...) for models "
+                                    "that annotate parameters with nn.with_logical_partitioning, "
+                                    "e.g. ((\"mlp\", \"model\"),)."),
+            fsdp_min_size=(2 ** 14, "Unmatched parameters with at least this many elements are "
+                                    "split over `fsdp`."),
+        ), "The device mesh and where parameters go on it."),
+        checkpoint=(fields(
+            every_steps=(500, "Steps between checkpoints; 0: only the final checkpoint."),
+            max_to_keep=(3, "Checkpoints kept; older ones are deleted."),
+            async_save=(True, "Write checkpoints in the background while training goes on."),
+        ), "Orbax checkpoints in WORKDIR/checkpoints; a run on the same workdir resumes."),
+    )
 
 
 # Loading -------------------------------------------------------------------------------------

@@ -5,21 +5,22 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from framework.config import check
+from framework.config import check, fields
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
 
 
 def schedule_fields() -> ml_collections.ConfigDict:
     """The learning-rate fields every built-in optimizer has; third-party ones may reuse them."""
-    return ml_collections.ConfigDict({
-        "learning_rate": 1e-3,  # Peak learning rate.
-        "schedule": "constant",  # constant | cosine | warmup_cosine | piecewise.
-        "warmup_steps": 0,  # warmup_cosine: linear warmup from 0.
-        "end_learning_rate": 0.0,  # cosine, warmup_cosine: the final value.
-        "boundaries": (),  # piecewise: steps at which the rate is multiplied...
-        "scales": (),  # ...by these factors (same length as boundaries).
-    })
+    return fields(
+        learning_rate=(1e-3, "Peak learning rate."),
+        schedule=("constant", "How the rate changes over the run: constant | cosine | "
+                              "warmup_cosine | piecewise."),
+        warmup_steps=(0, "warmup_cosine: linear warmup from 0 over this many steps."),
+        end_learning_rate=(0.0, "cosine, warmup_cosine: the final value."),
+        boundaries=((), "piecewise: steps at which the rate is multiplied by `scales`."),
+        scales=((), "piecewise: the factors, one per boundary."),
+    )
 
 
 def validate_schedule(config: ml_collections.ConfigDict) -> None:

@@ -79,7 +79,10 @@ def _validate_crop(config: ml_collections.ConfigDict) -> None:
 
 random_crop = framework.Plugin(
     build=_random_crop, validate=_validate_crop, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"padding": 4, "pad_mode": "constant"}),
+    default_config=lambda: framework.fields(
+        padding=(4, "Pixels added on each side before cropping back; 0: off."),
+        pad_mode=("constant", "How the border is filled: constant (zeros) | edge | reflect."),
+    ),
     description="Pad by `padding` pixels, then crop back to the original size at a random offset.")
 
 
@@ -102,7 +105,9 @@ def _validate_probability(config: ml_collections.ConfigDict) -> None:
 
 flip = framework.Plugin(
     build=_flip, validate=_validate_probability, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"probability": 0.5}),
+    default_config=lambda: framework.fields(
+        probability=(0.5, "The chance that an image is mirrored."),
+    ),
     description="Mirror images left-right with the given probability.")
 
 
@@ -127,7 +132,10 @@ def _validate_rotate(config: ml_collections.ConfigDict) -> None:
 
 rotate = framework.Plugin(
     build=_rotate, validate=_validate_rotate, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"degrees": 10.0, "fill": 0.0}),
+    default_config=lambda: framework.fields(
+        degrees=(10.0, "Angles are drawn uniformly from [-degrees, degrees]; 0: off."),
+        fill=(0.0, "The value of pixels the rotated image does not cover."),
+    ),
     description="Rotate by a random angle in [-degrees, degrees] (Keras RandomRotation).")
 
 
@@ -152,8 +160,11 @@ def _validate_scale(config: ml_collections.ConfigDict) -> None:
 
 scale = framework.Plugin(
     build=_scale, validate=_validate_scale, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict(
-        {"min_scale": 0.9, "max_scale": 1.1, "fill": 0.0}),
+    default_config=lambda: framework.fields(
+        min_scale=(0.9, "The smallest zoom factor; below 1 zooms out."),
+        max_scale=(1.1, "The largest zoom factor; above 1 zooms in."),
+        fill=(0.0, "The value of pixels the zoomed image does not cover."),
+    ),
     description="Zoom by a random factor in [min_scale, max_scale] (Keras RandomZoom).")
 
 
@@ -177,7 +188,10 @@ def _validate_translate(config: ml_collections.ConfigDict) -> None:
 
 translate = framework.Plugin(
     build=_translate, validate=_validate_translate, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"max_fraction": 0.1, "fill": 0.0}),
+    default_config=lambda: framework.fields(
+        max_fraction=(0.1, "The largest shift, as a fraction of the height and width; 0: off."),
+        fill=(0.0, "The value of pixels the shifted image does not cover."),
+    ),
     description="Shift by a random fraction of the size in [-max_fraction, max_fraction].")
 
 
@@ -238,11 +252,16 @@ def _validate_alpha(config: ml_collections.ConfigDict) -> None:
 
 mixup = framework.Plugin(
     build=_mixup, validate=_validate_alpha, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"alpha": 0.2}),
+    default_config=lambda: framework.fields(
+        alpha=(0.2, "The mixing weight is drawn from Beta(alpha, alpha); 0: off."),
+    ),
     description="mixup (Zhang et al. 2018): blend pairs of examples and their labels.")
 
 cutmix = framework.Plugin(
     build=_cutmix, validate=_validate_alpha, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"alpha": 1.0}),
+    default_config=lambda: framework.fields(
+        alpha=(1.0, "The share of its own image an example keeps is drawn from "
+                    "Beta(alpha, alpha); 0: off."),
+    ),
     description="CutMix (Yun et al. 2019): paste a box from another example, mix the labels.")
 

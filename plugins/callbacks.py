@@ -65,13 +65,13 @@ class EarlyStopping(framework.Callback):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "metric": "eval/loss",
-        "mode": "min",  # min | max: whether a smaller or a larger value is better.
-        "patience": 3,  # Evaluations without improvement before stopping.
-        "min_delta": 0.0,  # The least change that counts as an improvement.
-        "restore_best": True,  # End with the best evaluated state, not the last one.
-    })
+    return framework.fields(
+        metric=("eval/loss", "The eval metric watched, e.g. eval/loss or eval/accuracy."),
+        mode=("min", "min | max: whether a smaller or a larger value is better."),
+        patience=(3, "Evaluations without improvement before stopping."),
+        min_delta=(0.0, "The least change that counts as an improvement."),
+        restore_best=(True, "End with the best evaluated state, not the last one."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -13,10 +13,20 @@ import optax
 import framework
 
 
-def _fields(**extra: object) -> ml_collections.ConfigDict:
-    config = framework.schedule_fields()
-    config.update(extra)
+def _fields(**extra: tuple[object, str]) -> ml_collections.ConfigDict:
+    return framework.fields(framework.schedule_fields(), **extra)
+
+
+def _sgd_config() -> ml_collections.ConfigDict:
+    config = _fields(momentum=(0.9, "Momentum; 0: plain SGD."),
+                     nesterov=(False, "Nesterov momentum instead of the classical one."))
+    config.learning_rate = 0.1
     return config
+
+
+_ADAM = {"b1": (0.9, "Decay rate of the first-moment (mean) estimate."),
+         "b2": (0.999, "Decay rate of the second-moment (uncentred variance) estimate.")}
+_EPS = "Added to the denominator for numerical stability."
 
 
 def _sgd(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
@@ -35,16 +45,19 @@ def _adamw(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientT
 
 
 sgd = framework.Plugin(
-    build=_sgd, default_config=lambda: _fields(learning_rate=0.1, momentum=0.9, nesterov=False),
+    build=_sgd, default_config=_sgd_config,
     validate=framework.validate_schedule, api_version=1,
     description="Stochastic gradient descent with optional (Nesterov) momentum.")
 
 adam = framework.Plugin(
-    build=_adam, default_config=lambda: _fields(b1=0.9, b2=0.999, eps=1e-7),
+    build=_adam, default_config=lambda: _fields(**_ADAM, eps=(1e-7, _EPS)),
     validate=framework.validate_schedule, api_version=1,
     description="Adam (eps=1e-7 as in Keras).")
 
 adamw = framework.Plugin(
-    build=_adamw, default_config=lambda: _fields(b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4),
+    build=_adamw,
+    default_config=lambda: _fields(
+        **_ADAM, eps=(1e-8, _EPS),
+        weight_decay=(1e-4, "Decoupled weight decay, scaled by the learning rate (optax.adamw).")),
     validate=framework.validate_schedule, api_version=1,
     description="Adam with decoupled weight decay.")

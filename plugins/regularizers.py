@@ -21,13 +21,18 @@ import optax
 
 import framework
 
+_INCLUDE = (".*", "A regex searched in each parameter's path (e.g. Dense_0/kernel); the "
+                  "parameters it matches are selected.")
+_EXCLUDE = (True, "Leave out biases and normalisation scales (1-D parameters) even when "
+                  "`include` matches them.")
+
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "weight": 1e-4,
-        "include": ".*",  # A regex searched in each parameter's path.
-        "exclude_biases_and_norms": True,
-    })
+    return framework.fields(
+        weight=(1e-4, "The penalty's factor in the loss."),
+        include=_INCLUDE,
+        exclude_biases_and_norms=_EXCLUDE,
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -94,11 +99,11 @@ def _weight_decay(config: ml_collections.ConfigDict) -> optax.GradientTransforma
 
 
 def _weight_decay_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "rate": 1e-4,  # Each step: w <- w - rate * w, besides the optimizer's update.
-        "include": ".*",
-        "exclude_biases_and_norms": True,
-    })
+    return framework.fields(
+        rate=(1e-4, "Each step: w <- w - rate * w, besides the optimizer's update."),
+        include=_INCLUDE,
+        exclude_biases_and_norms=_EXCLUDE,
+    )
 
 
 def _validate_weight_decay(config: ml_collections.ConfigDict) -> None:
@@ -146,7 +151,9 @@ def _validate_label_smoothing(config: ml_collections.ConfigDict) -> None:
 
 label_smoothing = framework.Plugin(
     build=_label_smoothing, validate=_validate_label_smoothing, api_version=1,
-    default_config=lambda: ml_collections.ConfigDict({"weight": 0.1}),
+    default_config=lambda: framework.fields(
+        weight=(0.1, "The smoothing a: labels become (1 - a) * onehot + a / num_classes."),
+    ),
     description="Label smoothing (Szegedy et al. 2016) for classifiers: weight is the smoothing.")
 
 
@@ -208,15 +215,19 @@ def _magnitude_pruning(config: ml_collections.ConfigDict) -> optax.GradientTrans
 
 
 def _magnitude_pruning_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "target_sparsity": 0.8,  # Fraction of each pruned parameter's weights set to zero.
-        "initial_sparsity": 0.0,
-        "begin_step": 0,  # Masks are recomputed at begin_step, every `frequency` steps after,
-        "end_step": 1000,  # and last at end_step, where the target is reached exactly.
-        "frequency": 100,
-        "include": ".*",
-        "exclude_biases_and_norms": True,
-    })
+    return framework.fields(
+        target_sparsity=(0.8, "Fraction of each pruned parameter's weights set to zero at the "
+                              "end."),
+        initial_sparsity=(0.0, "The sparsity at begin_step, from which it rises to the target "
+                               "(a cubic schedule)."),
+        begin_step=(0, "The first step at which masks are computed."),
+        end_step=(1000, "The last step at which masks are computed; the target is reached "
+                        "exactly here."),
+        frequency=(100, "Steps between mask updates from begin_step to end_step; divides "
+                        "end_step - begin_step."),
+        include=_INCLUDE,
+        exclude_biases_and_norms=_EXCLUDE,
+    )
 
 
 def _validate_magnitude_pruning(config: ml_collections.ConfigDict) -> None:

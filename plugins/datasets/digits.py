@@ -17,9 +17,9 @@ NUM_TEST = 360
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "image_size": 8,  # Resize (bilinear) to image_size x image_size, e.g. 28 as MNIST.
-    })
+    return framework.fields(
+        image_size=(8, "Resize (bilinear) to image_size x image_size, e.g. 28 as MNIST."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -13,14 +13,15 @@ import framework
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "shape": (28, 28, 1),  # One example's shape.
-        "num_classes": 10,
-        "num_train": 2048,
-        "num_eval": 512,
-        "learnable": True,
-        "data_seed": 0,  # The data itself; the run's `seed` only orders it.
-    })
+    return framework.fields(
+        shape=((28, 28, 1), "One example's shape."),
+        num_classes=(10, "Number of classes; labels are in [0, num_classes)."),
+        num_train=(2048, "Examples in the train split."),
+        num_eval=(512, "Examples in the eval split."),
+        learnable=(True, "Labels are the argmax of a fixed random linear map of the input; "
+                         "False: uniform random labels."),
+        data_seed=(0, "Seeds the data itself; the run's `seed` only orders it."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -31,22 +31,26 @@ NORMALIZATIONS = ("unit", "mean_std", "none")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "tfds_name": "mnist",  # e.g. mnist, fashion_mnist, cifar10; "name:version" works too.
-        "data_dir": "",  # Empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
-        "download": True,  # Download and prepare (as array_record) when not there yet.
-        "train_split": "train",  # Any TFDS split expression, e.g. "train[:90%]".
-        "eval_split": "test",
-        "image_key": "image",
-        "label_key": "label",
-        "normalize": "unit",  # unit: pixels / 255; mean_std: (pixels / 255 - mean) / std.
-        "mean": (0.0,),  # Per channel (or one value), for normalize="mean_std".
-        "std": (1.0,),
-        "shuffle": True,  # A global shuffle, different each epoch.
-        "cache": True,  # Decode each split once into memory; False streams from the files.
-        "num_workers": 0,  # Grain worker processes; 0 reads in background threads.
-        "num_threads": 8,  # Reader threads per process (or per worker) when streaming.
-    })
+    return framework.fields(
+        tfds_name=("mnist", "The TFDS dataset, e.g. mnist, fashion_mnist, cifar10; "
+                            "\"name:version\" works too."),
+        data_dir=("", "Where TFDS keeps prepared datasets; empty: TFDS's default "
+                      "(~/tensorflow_datasets or $TFDS_DATA_DIR)."),
+        download=(True, "Download and prepare (as array_record) when not there yet."),
+        train_split=("train", "The train split: any TFDS split expression, e.g. "
+                              "\"train[:90%]\"."),
+        eval_split=("test", "The eval split: any TFDS split expression."),
+        image_key=("image", "The feature read as the inputs."),
+        label_key=("label", "The feature read as the integer label."),
+        normalize=("unit", "none | unit: pixels / 255 | mean_std: (pixels / 255 - mean) / std."),
+        mean=((0.0,), "Per channel (or one value), for normalize=\"mean_std\"."),
+        std=((1.0,), "Per channel (or one value, as many as mean), for "
+                     "normalize=\"mean_std\"."),
+        shuffle=(True, "A global shuffle of the train split, different each epoch."),
+        cache=(True, "Decode each split once into memory; False streams from the files."),
+        num_workers=(0, "Grain worker processes; 0 reads in background threads."),
+        num_threads=(8, "Reader threads per process (or per worker) when streaming."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

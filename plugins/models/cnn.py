@@ -57,14 +57,15 @@ class CNN(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "conv_features": (32,),  # One conv + max-pool block per entry.
-        "dense_features": (128,),  # Hidden dense layers before the classifier.
-        "kernel_size": 3,
-        "padding": "VALID",  # As Keras' Conv2D default.
-        "dropout_rate": 0.0,  # After each hidden dense layer.
-        "batch_norm": False,  # After each conv, before the relu.
-    })
+    return framework.fields(
+        conv_features=((32,), "Output channels of each conv + max-pool block, one block per "
+                              "entry."),
+        dense_features=((128,), "Widths of the hidden dense layers before the classifier."),
+        kernel_size=(3, "Height and width of every convolution kernel."),
+        padding=("VALID", "Convolution padding: VALID (as Keras' Conv2D default) | SAME."),
+        dropout_rate=(0.0, "Dropout after each hidden dense layer."),
+        batch_norm=(False, "Batch norm after each conv, before the relu."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

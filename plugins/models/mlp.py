@@ -28,7 +28,10 @@ class MLP(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"hidden_sizes": (512, 512), "dropout_rate": 0.0})
+    return framework.fields(
+        hidden_sizes=((512, 512), "Widths of the hidden dense layers (relu), in order."),
+        dropout_rate=(0.0, "Dropout after each hidden layer."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

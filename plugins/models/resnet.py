@@ -66,11 +66,13 @@ class ResNet(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "stage_sizes": (3, 3, 3),  # Basic blocks per stage; each stage after the first halves
-        "width": 16,               # the resolution and doubles the width.
-        "stem": "cifar",           # cifar: 3x3 convolution | imagenet: 7x7/2 and 3x3/2 max-pool.
-    })
+    return framework.fields(
+        stage_sizes=((3, 3, 3), "Basic blocks per stage; each stage after the first halves the "
+                                "resolution and doubles the width."),
+        width=(16, "Channels of the stem and the first stage."),
+        stem=("cifar", "cifar: 3x3 convolution | imagenet: 7x7/2 convolution and 3x3/2 "
+                       "max-pool."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
