@@ -175,11 +175,16 @@ def _plugins_show(name: str, kind: str | None) -> None:
     description = getattr(plugin, "description", "") or (plugin.__doc__ or "").strip()
     if description:
         print(f"description:  {description}")
-    from framework.config import format_config
+    from framework.config import field_docs, format_config
 
+    defaults = plugin.default_config()
+    meanings = field_docs(defaults)
+    lines = format_config(defaults).splitlines() or ["{}"]
+    width = max(len(line) for line in lines)
     print("default config:")
-    for line in format_config(plugin.default_config()).splitlines() or ["{}"]:
-        print("  " + line)
+    for line in lines:
+        meaning = meanings.get(line.split(" = ", 1)[0])
+        print(f"  {line.ljust(width)}  # {meaning}" if meaning else f"  {line}")
 
 
 def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
@@ -250,12 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from framework import scaffold
 
             target = scaffold.new_plugin(args.name, args.dir)
-            print(f"Created the plugin package {args.name} in {target}. Next:\n"
-                  f"  pip install -e {target}\n"
-                  f"  jaxforge plugins check '{scaffold.normalize_distribution(args.name)}:*'\n"
-                  f"  python -m pytest {target / 'tests'}\n"
-                  f"  jaxforge train --config {target / 'experiments' / 'spirals.py'} "
-                  "--workdir runs/spirals")
+            print(scaffold.next_steps(target, args.name))
         elif args.command == "config":
             from framework import config as config_lib
 

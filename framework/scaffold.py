@@ -1,9 +1,10 @@
-"""`jaxforge new-plugin NAME`: a new plugin package, copied from tools/plugin_template.
+"""`jaxforge new-plugin NAME`: a new plugin package, copied from framework/plugin_template.
 
 The template is a complete installable distribution (`jaxforge-example`, import package
 `jaxforge_example`); the copy gets the new distribution name, and an import package named after it
 (`acme-vision` -> `acme_vision`), everywhere: folder, pyproject entry points, plugin ids in the
-experiment, tests and README.
+experiment, tests and README. It ships inside the `framework` package as package data (not as
+importable modules), so `new-plugin` works from an installed wheel as from a checkout.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from framework.errors import JaxforgeError
 from framework.registry import normalize_distribution
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "tools" / "plugin_template"
+TEMPLATE = Path(__file__).resolve().parent / "plugin_template"
 TEMPLATE_DISTRIBUTION = "jaxforge-example"
 TEMPLATE_PACKAGE = "jaxforge_example"
 RESERVED = {"framework", "plugins", "jaxforge", "tests", "experiments", "tools"}
@@ -45,8 +46,8 @@ def new_plugin(name: str, directory: str | Path = ".") -> Path:
     package = _check_name(name)
     if not TEMPLATE.is_dir():
         raise JaxforgeError(
-            f"The plugin template is not at {TEMPLATE}: it ships in jaxforge's source tree "
-            "(tools/plugin_template). Install jaxforge from a checkout (pip install -e .).")
+            f"The plugin template is not at {TEMPLATE}: this jaxforge installation is incomplete "
+            "(it ships as package data in framework/plugin_template). Reinstall jaxforge.")
     target = Path(directory) / name
     if target.exists():
         raise JaxforgeError(f"{target} already exists; choose another NAME or --dir.")
@@ -60,3 +61,18 @@ def new_plugin(name: str, directory: str | Path = ".") -> Path:
             if renamed != text:
                 path.write_text(renamed)
     return target
+
+
+NEXT_STEPS = """\
+Created the plugin package {name} in {target}. Next:
+  pip install -e "{target}[test]"
+  jaxforge plugins check '{package}:*'
+  python -m pytest {target}/tests
+  jaxforge train --config {target}/experiments/spirals.py --workdir runs/spirals"""
+"""What `jaxforge new-plugin` prints; `next_steps` fills it in, the docs quote it."""
+
+
+def next_steps(target: str | Path, name: str) -> str:
+    """The message after `new_plugin(name, ...)` created `target`: how to install, check, test
+    and train the new package."""
+    return NEXT_STEPS.format(name=name, target=target, package=normalize_distribution(name))

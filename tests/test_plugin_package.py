@@ -1,4 +1,4 @@
-"""The example plugin package (tools/plugin_template) and `jaxforge new-plugin`, end to end:
+"""The example plugin package (framework/plugin_template) and `jaxforge new-plugin`, end to end:
 install with pip, list, check, train from a config alone, run the package's own tests, uninstall."""
 
 import importlib.metadata
@@ -13,7 +13,7 @@ import pytest
 
 from framework.cli import main
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "tools" / "plugin_template"
+TEMPLATE = Path(__file__).resolve().parent.parent / "framework" / "plugin_template"
 ENV = {**os.environ, "XLA_FLAGS": ""}  # One CPU device, as a user's machine.
 
 

@@ -14,14 +14,14 @@ import framework
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "num_arms": 3,  # Classes.
-        "turns": 1.0,  # How far each arm winds around the centre.
-        "noise": 0.05,  # Standard deviation of the Gaussian noise added to each point.
-        "num_train": 3000,
-        "num_eval": 600,
-        "data_seed": 0,
-    })
+    return framework.fields(
+        num_arms=(3, "Spiral arms, one class each."),
+        turns=(1.0, "How far each arm winds around the centre."),
+        noise=(0.05, "Standard deviation of the Gaussian noise added to each point."),
+        num_train=(3000, "Points in the train split."),
+        num_eval=(600, "Points in the eval split."),
+        data_seed=(0, "Seeds the points themselves; the run's `seed` only orders them."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

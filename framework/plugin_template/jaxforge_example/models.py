@@ -46,7 +46,11 @@ class ResidualMLP(nnx.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"width": 64, "depth": 2, "dropout_rate": 0.1})
+    return framework.fields(
+        width=(64, "Features of the residual stream."),
+        depth=(2, "Residual blocks."),
+        dropout_rate=(0.1, "Dropout on each block's output before it is added."),
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

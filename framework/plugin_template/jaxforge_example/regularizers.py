@@ -17,7 +17,7 @@ import framework
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"weight": 1e-4})
+    return framework.fields(weight=(1e-4, "The z-loss's factor in the loss."))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
