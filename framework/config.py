@@ -50,6 +50,9 @@ def fields(*sections: ml_collections.ConfigDict, **entries: tuple[Any, str]
     values: dict[str, Any] = {}
     docs: dict[str, str] = {}
     for section in sections:
+        if not isinstance(section, ml_collections.ConfigDict):
+            raise TypeError(f"fields() takes ConfigDicts before its name=(default, meaning) "
+                            f"entries, got {type(section).__name__} {section!r}.")
         values.update(section._fields)
         docs.update(vars(section).get(_FIELD_DOCS, {}))
     for name, entry in entries.items():

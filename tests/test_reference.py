@@ -68,6 +68,8 @@ def test_fields_extends_sections_in_place():
 def test_fields_wants_a_default_and_a_meaning(entry):
     with pytest.raises(TypeError, match=r"takes \(default, meaning\)"):
         framework.fields(width=entry)
+    with pytest.raises(TypeError, match="takes ConfigDicts before"):
+        framework.fields({"width": 1})
 
 
 def _paths(config, prefix=""):
