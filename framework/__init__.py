@@ -21,6 +21,7 @@ _LAZY = {
     "DataContext": "framework.plugin",
     "Callback": "framework.plugin",
     "HostCopy": "framework.state",
+    "LoggedState": "framework.step",
     "register_model": "framework.plugin",
     "register_dataset": "framework.plugin",
     "register_regularizer": "framework.plugin",

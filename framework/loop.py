@@ -1,7 +1,13 @@
 """`train` and `evaluate`: one readable loop from a resolved config to a workdir.
 
-    build the plugins -> init or restore the state -> for each dispatch: step, and at log /
-    eval / checkpoint boundaries fetch metrics, evaluate, save -> final save -> summary.json
+`_train` runs the phases of a run in order, one function each:
+
+    _set_up_workdir         build the plugins; config.json, plugins.json
+    _restore_or_initialise  the state, the data position and pending metric sums (`_Run`)
+    _open_loop              parameters.txt, the start message, the outputs (`_Loop`)
+    _dispatch_loop          the steps, one dispatch at a time, until the last or a stop
+      _at_boundaries        after each dispatch: log, evaluate, save, decide to stop
+    _finish                 summary.json and the summary line
 
 Logged metrics go to metrics.jsonl and TensorBoard event files; `train.profile_steps` traces a
 window of steps into WORKDIR/profile.
@@ -13,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +50,12 @@ from framework.step import (
     StepOptions,
     accumulated_means,
     default_unroll,
-    empty_accumulator,
     guarded_names,
+    logged_metrics,
     make_eval_step,
     make_train_step,
     metric_names,
+    zero_metrics,
 )
 from framework.tensorboard_log import TensorBoardLog
 from framework.update_rule import update_rule
@@ -113,11 +121,12 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
         model, tx, rng, example, ema=config.train.ema_decay > 0,
         loss_scaling=config.train.precision == "float16")
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
+    _check_logged_names(abstract.opt_state)
     state_sharding = sharding_lib.train_state_shardings(
         config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
     init_state = jax.jit(create, out_shardings=state_sharding)
     return Setup(config, mesh, data, model, tx, penalties, augmentations, callbacks,
-                      num_steps, state_sharding, init_state)
+                 num_steps, state_sharding, init_state)
 
 
 def is_main_process() -> bool:
@@ -168,8 +177,7 @@ def _evaluate(setup: Setup, eval_step: Any, state: TrainState) -> dict[str, floa
         check_batch(batch, setup.data.metadata, setup.config.dataset.name)
         batch = to_global_array(batch, sharding)
         if accumulator is None:  # Metric names come from the model's loss: ask for the shapes.
-            shapes = jax.eval_shape(eval_step, state, empty_accumulator(), batch)
-            accumulator = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            accumulator = zero_metrics(eval_step, state, batch)
         previous, accumulator = accumulator, eval_step(state, accumulator, batch)
         previous["count"].block_until_ready()  # At most two dispatches in flight (see train).
     if accumulator is None:
@@ -221,6 +229,111 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         return _train(config, workdir, allow_config_change, restore_step)
 
 
+def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
+           restore_step: int | None) -> dict[str, Any]:
+    """The phases of a run, in order: set up, restore or initialise, open the outputs, the
+    dispatch loop (which runs the boundaries), finish."""
+    started = time.perf_counter()
+    setup = _set_up_workdir(config, workdir, allow_config_change)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
+                                config.checkpoint.async_save)
+    iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
+                               config.dataset.name)
+    run = _restore_or_initialise(setup, checkpointer, iterator, workdir, restore_step)
+    loop = _open_loop(setup, checkpointer, workdir, run)
+    prefetcher = _prefetcher(setup, iterator, run.step)
+    with StopSignal() as stop_signal:
+        try:
+            _dispatch_loop(loop, run, prefetcher, stop_signal)
+        finally:
+            loop.profiler.stop()  # Only still tracing when training ended inside the window.
+            prefetcher.close()
+            loop.tensorboard.close()
+            loop.progress.close()
+            checkpointer.wait()
+            last_checkpoint = checkpointer.latest_step()
+            checkpointer.close()
+    return _finish(loop, run, workdir, time.perf_counter() - started, last_checkpoint)
+
+
+# Set up --------------------------------------------------------------------------------------
+
+
+def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path,
+                    allow_config_change: bool) -> Setup:
+    """Build the plugins, then record in the workdir what runs: config.json and plugins.json
+    are written before any step, so that even a run that fails says what it was."""
+    setup = set_up(config)
+    if is_main_process():
+        check_config_unchanged(workdir, config, allow_config_change)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
+        write_json(workdir / "plugins.json", _provenance(config)["plugins"])
+    return setup
+
+
+@dataclasses.dataclass
+class _Timer:
+    """steps_per_sec between two logs, without the time paused to evaluate and save."""
+
+    last_step: int
+    last_time: float = dataclasses.field(default_factory=time.perf_counter)
+    paused_s: float = 0.0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Around work that is not training (evaluating, saving)."""
+        start = time.perf_counter()
+        yield
+        self.paused_s += time.perf_counter() - start
+
+    def steps_per_sec(self, step: int) -> float:
+        """Since the previous call (or the start); starts the next interval."""
+        now = time.perf_counter()
+        rate = (step - self.last_step) / (now - self.last_time - self.paused_s)
+        self.last_time, self.last_step, self.paused_s = now, step, 0.0
+        return rate
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries from one dispatch to the next, and what `_finish` reports."""
+
+    start_step: int
+    step: int
+    state: TrainState
+    data_state: dict[str, Any]  # The train iterator's position after `step`.
+    pending: dict[str, float]  # Metric sums a checkpoint saved between two logs.
+    described: tuple[str, ...]  # The names of the optimizer state's `LoggedState` metrics.
+    accumulator: Any = None  # On device: the train metric sums since the last log.
+    zeros: Any = None  # On device: the accumulator right after a log.
+    stop_reason: str = ""  # Why training stopped early (non-finite, a callback), if it did.
+    preempted_by: str = ""  # The signal or preemption notice that ended the run, if one did.
+    timer: _Timer = dataclasses.field(default_factory=lambda: _Timer(0))
+
+
+# Restore or initialise -----------------------------------------------------------------------
+
+
+def _restore_or_initialise(setup: Setup, checkpointer: Checkpointer, iterator: CheckedIterator,
+                           workdir: Path, restore_step: int | None) -> _Run:
+    """Continue from a checkpoint when there is one: its state, data position and the metric
+    sums pending since its last log, so that a resumed run logs what an uninterrupted one
+    would. Otherwise start from the seed."""
+    start_step, pending = _restore_point(checkpointer, restore_step), {}
+    if start_step:
+        set_aside = checkpointer.set_aside_after(start_step) if is_main_process() else []
+        state, data_state, pending = checkpointer.restore(start_step, _abstract_state(setup))
+        iterator.set_state(data_state)
+        if set_aside:
+            print(f"Moved the later checkpoints {set_aside} to "
+                  f"{workdir / 'abandoned_checkpoints'}.")
+    else:
+        state = setup.init_state(jax.random.PRNGKey(setup.config.seed))
+    return _Run(start_step, start_step, state, iterator.get_state(), pending,
+                described=tuple(logged_metrics(state.opt_state)))
+
+
 def _restore_point(checkpointer: Checkpointer, restore_step: int | None) -> int:
     if restore_step is None:
         return checkpointer.latest_step() or 0
@@ -230,183 +343,181 @@ def _restore_point(checkpointer: Checkpointer, restore_step: int | None) -> int:
     return restore_step
 
 
-def _pending_metrics(accumulator: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(accumulator).items()}
+# Open the outputs ----------------------------------------------------------------------------
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
-           restore_step: int | None) -> dict[str, Any]:
-    started = time.perf_counter()
-    is_main = is_main_process()
-    setup = set_up(config)
-    train_cfg, num_steps = config.train, setup.num_steps
-    if is_main:
-        check_config_unchanged(workdir, config, allow_config_change)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
-        write_json(workdir / "plugins.json", _provenance(config)["plugins"])
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the dispatch loop uses and does not change: the compiled steps and the outputs."""
 
-    checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
-                                config.checkpoint.async_save)
-    iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
-                               config.dataset.name)
-    start_step, pending = _restore_point(checkpointer, restore_step), {}
-    if start_step:
-        set_aside = checkpointer.set_aside_after(start_step) if is_main else []
-        state, data_state, pending = checkpointer.restore(start_step, _abstract_state(setup))
-        iterator.set_state(data_state)
-        if set_aside:
-            print(f"Moved the later checkpoints {set_aside} to "
-                  f"{workdir / 'abandoned_checkpoints'}.")
-    else:
-        state = setup.init_state(jax.random.PRNGKey(config.seed))
-    data_state = iterator.get_state()
+    setup: Setup
+    step_fn: Any
+    eval_step: Any
+    checkpointer: Checkpointer
+    boundaries: _Boundaries
+    progress: Progress
+    metrics_log: MetricsLog
+    tensorboard: TensorBoardLog
+    profiler: ProfileWindow
 
-    progress = Progress(num_steps, start_step, enabled=is_main)
-    parameters = parameter_table(state.params)
+    def write(self, step: int, record: dict[str, float]) -> None:
+        self.metrics_log.write(step, record)
+        self.tensorboard.write(step, record)
+        self.progress.update(step, record)
+
+
+def _open_loop(setup: Setup, checkpointer: Checkpointer, workdir: Path, run: _Run) -> _Loop:
+    """Say what trains (parameters.txt, the start message; the state is needed, so this comes
+    after restoring) and open the outputs. A resumed run's metrics.jsonl loses the lines past
+    its checkpoint: those steps run again."""
+    config, is_main = setup.config, is_main_process()
+    progress = Progress(setup.num_steps, run.start_step, enabled=is_main)
+    parameters = parameter_table(run.state.params)
     if is_main:
         (workdir / "parameters.txt").write_text(parameters + "\n")
     progress.message(parameters)
     progress.message(
-        f"Training {config.model.name} ({count_parameters(state.params):,} parameters) on "
-        f"{config.dataset.name} for {num_steps} steps; mesh {dict(setup.mesh.shape)} over "
+        f"Training {config.model.name} ({count_parameters(run.state.params):,} parameters) on "
+        f"{config.dataset.name} for {setup.num_steps} steps; mesh {dict(setup.mesh.shape)} over "
         f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}")
-    metrics_log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
-    tensorboard = TensorBoardLog(workdir, start_step, enabled=is_main)
+    metrics_log = MetricsLog(workdir / "metrics.jsonl", run.start_step, enabled=is_main)
+    tensorboard = TensorBoardLog(workdir, run.start_step, enabled=is_main)
     tensorboard.write_hparams(config)
-    profiler = ProfileWindow(train_cfg.profile_steps, workdir / "profile", num_steps)
-    if start_step:
-        progress.message(f"Resuming from the step-{start_step} checkpoint in {workdir}.")
+    profiler = ProfileWindow(config.train.profile_steps, workdir / "profile", setup.num_steps)
+    if run.start_step:
+        progress.message(f"Resuming from the step-{run.start_step} checkpoint in {workdir}.")
+    boundaries = _Boundaries(config.train.log_every_steps, config.train.eval_every_steps,
+                             config.checkpoint.every_steps, setup.num_steps)
+    return _Loop(setup, _jit_train_step(setup), _jit_eval_step(setup), checkpointer, boundaries,
+                 progress, metrics_log, tensorboard, profiler)
 
-    step_fn = _jit_train_step(setup)
-    eval_step = _jit_eval_step(setup)
+
+def _prefetcher(setup: Setup, iterator: CheckedIterator, start_step: int) -> DevicePrefetcher:
+    """Stacks of `steps_per_dispatch` batches, read and placed ahead of the step that uses
+    them."""
     batch_sharding = mesh_lib.batch_sharding(setup.mesh, stacked=True)
-    replicated = mesh_lib.replicated(setup.mesh)
-    prefetcher = DevicePrefetcher(
-        iterator, _chunk_sizes(start_step, num_steps, train_cfg.steps_per_dispatch),
+    return DevicePrefetcher(
+        iterator, _chunk_sizes(start_step, setup.num_steps, setup.config.train.steps_per_dispatch),
         (lambda stacked: stacked) if step_places_batches()
         else lambda stacked: to_global_array(stacked, batch_sharding))
 
-    boundaries = _Boundaries(train_cfg.log_every_steps, train_cfg.eval_every_steps,
-                             config.checkpoint.every_steps, num_steps)
-    stop_on_nonfinite = train_cfg.on_nonfinite == "stop"
-    loss_scaling = train_cfg.precision == "float16"
-    accumulator, zero_accumulator = None, None
-    step, stop_reason, preempted_by = start_step, "", ""
-    last_log_time, last_log_step = time.perf_counter(), start_step
-    paused = 0.0  # Seconds spent evaluating and saving since the last log: not training time.
-    with StopSignal() as stop_signal:
-        try:
-            for batches, data_state in prefetcher:
-                if zero_accumulator is None:
-                    shapes = jax.eval_shape(step_fn, state, empty_accumulator(), batches)[1]
-                    zero_accumulator = jax.jit(
-                        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                        out_shardings=replicated)
-                    accumulator = zero_accumulator()
-                    if pending.keys() == accumulator.keys():  # Sums since the last log.
-                        accumulator = jax.device_put(
-                            {k: np.asarray(v, accumulator[k].dtype) for k, v in pending.items()},
-                            replicated)
-                profiler.before_dispatch(step)
-                previous = accumulator
-                state, accumulator = step_fn(state, accumulator, batches)
-                # Wait for the previous dispatch (its accumulator is not donated): the host stays
-                # one dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
-                # in-process collectives cannot deadlock on a pile of queued multi-device programs.
-                previous["count"].block_until_ready()
-                step += batches["inputs"].shape[0]
-                profiler.after_dispatch(step, accumulator)
 
-                record: dict[str, float] = {}
-                nonfinite_stop = (_nonfinite_stop(accumulator, loss_scaling)
-                                  if stop_on_nonfinite and boundaries.any(step) else "")
-                if boundaries.logs(step):
-                    record.update(accumulated_means(jax.device_get(accumulator), "train"))
-                    now = time.perf_counter()
-                    elapsed = now - last_log_time - paused
-                    record["steps_per_sec"] = (step - last_log_step) / elapsed
-                    last_log_time, last_log_step, paused = now, step, 0.0
-                    accumulator = zero_accumulator()
-                    for callback in setup.callbacks:
-                        callback.on_log(step, record, state)
-                if boundaries.evaluates(step) and not nonfinite_stop:
-                    pause_start = time.perf_counter()
-                    eval_metrics = _evaluate(setup, eval_step, state)
-                    paused += time.perf_counter() - pause_start
-                    record.update(eval_metrics)
-                    for callback in setup.callbacks:
-                        callback.on_eval(step, eval_metrics, state)
-                if record:
-                    metrics_log.write(step, record)
-                    tensorboard.write(step, record)
-                    progress.update(step, record)
-                if nonfinite_stop:  # The state is the last good one, but not that of this step.
-                    stop_reason = nonfinite_stop
-                    progress.message(f"Stopping at step {step}: {stop_reason}")
-                    break
-                stopper = next((c for c in setup.callbacks if c.stop_training), None)
-                if stopper is not None:
-                    stop_reason = (stopper.stop_reason
-                                   or f"{type(stopper).__name__} stopped training")
-                if step < num_steps and stop_signal.should_stop():
-                    preempted_by = stop_signal.signal_name or "a preemption notice"
-                if step == num_steps or stop_reason:
-                    state = _final_state(setup, state)
-                if boundaries.saves(step) or stop_reason or preempted_by:
-                    pause_start = time.perf_counter()
-                    checkpointer.save(step, state, data_state, _pending_metrics(accumulator),
-                                      _provenance(config))
-                    paused += time.perf_counter() - pause_start
-                    for callback in setup.callbacks:
-                        callback.on_checkpoint(step, state)
-                if stop_reason:
-                    progress.message(f"Stopping early at step {step}: {stop_reason}")
-                    break
-                if preempted_by:
-                    progress.message(
-                        f"Stopped at step {step} by {preempted_by}; checkpoint saved in "
-                        f"{checkpointer.directory}. Run the same command again to resume.")
-                    break
-        finally:
-            profiler.stop()  # Only still tracing when training ended inside the window.
-            prefetcher.close()
-            tensorboard.close()
-            progress.close()
-            checkpointer.wait()
-            last_checkpoint = checkpointer.latest_step()
-            checkpointer.close()
-
-    summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main else [],
-                        train_cfg.best_metric, train_cfg.best_mode)
-    wall_time = time.perf_counter() - started
-    summary.update({
-        "steps": step, "num_steps": num_steps, "resumed_from_step": start_step,
-        "stopped_early": bool(stop_reason), "stop_reason": stop_reason,
-        "preempted_by": preempted_by,
-        "stop_step": step if stop_reason else None,
-        "skipped_steps": int(state.skipped_steps),
-        "wall_time_s": round(wall_time, 3),
-        # Steps of this invocation over its wall time: setup, compiles and evaluations included.
-        "steps_per_sec": round((step - start_step) / wall_time, 3),
-        "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
-                       if last_checkpoint is not None else None),
-    })
-    sparsity = optax.tree_utils.tree_get(state.opt_state, "sparsity")
-    if sparsity is not None:
-        summary["sparsity"] = float(sparsity)
-    for callback in setup.callbacks:
-        callback.on_end(summary, state)
-    if is_main:
-        write_json(workdir / "summary.json", summary)
-        progress.message(_summary_line(summary))
-    return summary
+# The dispatch loop ---------------------------------------------------------------------------
 
 
-def _nonfinite_stop(accumulator: dict[str, Any], loss_scaling: bool) -> str:
+def _dispatch_loop(loop: _Loop, run: _Run, prefetcher: DevicePrefetcher,
+                   stop_signal: StopSignal) -> None:
+    """Dispatch the steps until the last one or a reason to stop. The host waits for nothing
+    but the previous dispatch, so it stays one dispatch ahead of the devices; metrics stay on
+    device until a boundary fetches them."""
+    run.timer = _Timer(run.step)
+    for batches, data_state in prefetcher:
+        run.data_state = data_state
+        if run.accumulator is None:
+            _start_accumulating(loop, run, batches)
+        loop.profiler.before_dispatch(run.step)
+        previous = run.accumulator
+        run.state, run.accumulator = loop.step_fn(run.state, run.accumulator, batches)
+        # Wait for the previous dispatch (its accumulator is not donated): the host stays one
+        # dispatch ahead, device memory for queued batches stays bounded, and XLA:CPU's
+        # in-process collectives cannot deadlock on a pile of queued multi-device programs.
+        previous["count"].block_until_ready()
+        run.step += batches["inputs"].shape[0]
+        loop.profiler.after_dispatch(run.step, run.accumulator)
+        if _at_boundaries(loop, run, stop_signal):
+            break
+
+
+def _start_accumulating(loop: _Loop, run: _Run, batches: Any) -> None:
+    """Before the first dispatch: zeros shaped like the metrics the model names (kept, to
+    restart from after each log), or the sums a checkpoint saved between two logs."""
+    replicated = mesh_lib.replicated(loop.setup.mesh)
+    state = run.state
+    run.zeros = jax.jit(lambda: zero_metrics(loop.step_fn, state, batches),
+                        out_shardings=replicated)()
+    run.accumulator = run.zeros
+    if run.pending.keys() == run.zeros.keys():  # Sums since the last log.
+        run.accumulator = jax.device_put(
+            {k: np.asarray(v, run.zeros[k].dtype) for k, v in run.pending.items()}, replicated)
+
+
+# The boundaries: log, evaluate, save, stop ---------------------------------------------------
+
+
+def _at_boundaries(loop: _Loop, run: _Run, stop_signal: StopSignal) -> bool:
+    """After each dispatch: log, evaluate and save at the steps the config names, and say
+    whether to stop. After a non-finite step the run stops without evaluating or saving: its
+    state is the last good one, not that of this step."""
+    step, boundaries, setup = run.step, loop.boundaries, loop.setup
+    nonfinite_stop = (_nonfinite_stop(setup, run)
+                      if setup.config.train.on_nonfinite == "stop" and boundaries.any(step)
+                      else "")
+    record = _log(loop, run) if boundaries.logs(step) else {}
+    if boundaries.evaluates(step) and not nonfinite_stop:
+        record.update(_evaluate_now(loop, run))
+    if record:
+        loop.write(step, record)
+    if nonfinite_stop:
+        run.stop_reason = nonfinite_stop
+        loop.progress.message(f"Stopping at step {step}: {run.stop_reason}")
+        return True
+    stopper = next((c for c in setup.callbacks if c.stop_training), None)
+    if stopper is not None:
+        run.stop_reason = stopper.stop_reason or f"{type(stopper).__name__} stopped training"
+    if step < setup.num_steps and stop_signal.should_stop():
+        run.preempted_by = stop_signal.signal_name or "a preemption notice"
+    if step == setup.num_steps or run.stop_reason:
+        run.state = _final_state(setup, run.state)
+    if boundaries.saves(step) or run.stop_reason or run.preempted_by:
+        _save(loop, run)
+    if run.stop_reason:
+        loop.progress.message(f"Stopping early at step {step}: {run.stop_reason}")
+    elif run.preempted_by:
+        loop.progress.message(
+            f"Stopped at step {step} by {run.preempted_by}; checkpoint saved in "
+            f"{loop.checkpointer.directory}. Run the same command again to resume.")
+    return bool(run.stop_reason or run.preempted_by)
+
+
+def _log(loop: _Loop, run: _Run) -> dict[str, float]:
+    """Fetch the train metric sums as means (the loop's one host sync between boundaries)
+    and restart them from zero."""
+    record = accumulated_means(jax.device_get(run.accumulator), "train", run.described)
+    record["steps_per_sec"] = run.timer.steps_per_sec(run.step)
+    run.accumulator = run.zeros
+    for callback in loop.setup.callbacks:
+        callback.on_log(run.step, record, run.state)
+    return record
+
+
+def _evaluate_now(loop: _Loop, run: _Run) -> dict[str, float]:
+    """The whole eval split; its time is not training time."""
+    with run.timer.paused():
+        eval_metrics = _evaluate(loop.setup, loop.eval_step, run.state)
+    for callback in loop.setup.callbacks:
+        callback.on_eval(run.step, eval_metrics, run.state)
+    return eval_metrics
+
+
+def _save(loop: _Loop, run: _Run) -> None:
+    """A checkpoint with the data position and the metric sums since the last log, so that a
+    run resumed from it continues exactly; its time is not training time."""
+    with run.timer.paused():
+        loop.checkpointer.save(run.step, run.state, run.data_state,
+                               _pending_metrics(run.accumulator), _provenance(loop.setup.config))
+    for callback in loop.setup.callbacks:
+        callback.on_checkpoint(run.step, run.state)
+
+
+def _pending_metrics(accumulator: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(accumulator).items()}
+
+
+def _nonfinite_stop(setup: Setup, run: _Run) -> str:
     """Under `train.on_nonfinite=stop`, at a log/eval/checkpoint boundary: why to stop, if so."""
-    names = guarded_names(metric_names(accumulator), loss_scaling)
-    return nonfinite.stop_message(jax.device_get(accumulator), names)
+    loss_scaling = setup.config.train.precision == "float16"
+    names = guarded_names(metric_names(run.accumulator), loss_scaling, run.described)
+    return nonfinite.stop_message(jax.device_get(run.accumulator), names)
 
 
 def _final_state(setup: Setup, state: TrainState) -> TrainState:
@@ -416,6 +527,55 @@ def _final_state(setup: Setup, state: TrainState) -> TrainState:
         if candidate is not state:
             state = jax.device_put(candidate, setup.state_sharding)
     return state
+
+
+# Finish --------------------------------------------------------------------------------------
+
+
+# The keys `_finish` writes besides `summarize`'s; no `LoggedState` metric may take one.
+_SUMMARY_KEYS = frozenset({
+    "final", "best", "best_metric", "steps", "num_steps", "resumed_from_step", "stopped_early",
+    "stop_reason", "preempted_by", "stop_step", "skipped_steps", "wall_time_s", "steps_per_sec",
+    "checkpoint"})
+
+
+def _check_logged_names(opt_state: Any) -> None:
+    """Before anything runs: `LoggedState` names are unique and leave summary.json's alone."""
+    clashes = sorted(logged_metrics(opt_state).keys() & _SUMMARY_KEYS)
+    if clashes:
+        raise ConfigError(f"A LoggedState in the optimizer state reports {clashes}, keys that "
+                          "summary.json already has; give its metrics other names.")
+
+
+def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
+            last_checkpoint: int | None) -> dict[str, Any]:
+    """summary.json, the one file to read after a run: how far and fast it went, why it
+    stopped, its final and best eval metrics, the final state's `LoggedState` metrics and
+    where its last checkpoint is; callbacks add to it. Then the summary line."""
+    train_cfg = loop.setup.config.train
+    summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main_process() else [],
+                        train_cfg.best_metric, train_cfg.best_mode)
+    summary.update({
+        "steps": run.step, "num_steps": loop.setup.num_steps,
+        "resumed_from_step": run.start_step,
+        "stopped_early": bool(run.stop_reason), "stop_reason": run.stop_reason,
+        "preempted_by": run.preempted_by,
+        "stop_step": run.step if run.stop_reason else None,
+        "skipped_steps": int(run.state.skipped_steps),
+        "wall_time_s": round(wall_time, 3),
+        # Steps of this invocation over its wall time: setup, compiles and evaluations included.
+        "steps_per_sec": round((run.step - run.start_step) / wall_time, 3),
+        "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
+                       if last_checkpoint is not None else None),
+    })
+    summary.update({name: float(value)
+                    for name, value in logged_metrics(run.state.opt_state).items()})
+    for callback in loop.setup.callbacks:
+        callback.on_end(summary, run.state)
+    if is_main_process():
+        write_json(workdir / "summary.json", summary)
+        loop.progress.message(_summary_line(summary))
+    return summary
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

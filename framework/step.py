@@ -7,14 +7,15 @@ the loop fetches only at log time. `steps_per_dispatch` steps run in one call as
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from framework import nonfinite
+from framework.errors import JaxforgeError
 from framework.model import Model
 from framework.state import TrainState
 
@@ -25,7 +26,51 @@ Accumulator = dict[str, jax.Array]  # {"count": n, "<metric>": sum over n, guard
 
 SKIPPED = "skipped_steps"
 _NOT_MEANS = ("count", SKIPPED, nonfinite.FIRST_STEP, nonfinite.FIRST_METRIC)
-LATEST = ("sparsity",)  # Metrics that describe the state, not the step: logged as last seen.
+
+
+class LoggedState(NamedTuple):
+    """Metrics an optax transformation reports about its own state; the trainer logs them.
+
+    For a regularizer or optimizer plugin that returns an `optax.GradientTransformation`: put
+    one `LoggedState` anywhere in the state your `init` and `update` return, usually as a field
+    of your state NamedTuple, with the same names each time (jax needs one state structure)::
+
+        class CounterState(NamedTuple):
+            count: jax.Array
+            logged: framework.LoggedState  # framework.LoggedState({"updates": count})
+
+    The trainer finds every `LoggedState` in the optimizer state (inside `optax.chain`,
+    `optax.MultiSteps` for accumulation, ...) and, for each `name: value` (a scalar):
+
+    - logs `train/<name>` at each log step with the value after the last applied step: it
+      describes the state, so it is not averaged over the steps since the last log (NaN when
+      none was applied, as every train metric). It goes to metrics.jsonl, TensorBoard and the
+      callbacks' `on_log`;
+    - writes `<name>` into summary.json: the final state's value;
+    - leaves it out of the non-finite guard (`train.on_nonfinite`): it is not a step result.
+
+    Names are unique across the optimizer state and differ from the step's own metrics (`loss`,
+    `grad_norm`, the model's metrics, ...) and from summary.json's keys; a clash is an error.
+    The values are part of the state, so they are in every checkpoint.
+    """
+
+    metrics: dict[str, jax.Array]
+
+
+def logged_metrics(opt_state: Any) -> dict[str, jax.Array]:
+    """The metrics of every `LoggedState` in `opt_state`, by name (see `LoggedState`)."""
+    found: dict[str, jax.Array] = {}
+    nodes = jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, LoggedState))
+    for node in nodes:
+        if not isinstance(node, LoggedState):
+            continue
+        for name, value in node.metrics.items():
+            if name in found:
+                raise JaxforgeError(f"Two LoggedState nodes in the optimizer state report "
+                                    f"{name!r}; give each transformation's metrics their own "
+                                    "names.")
+            found[name] = value
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +99,37 @@ def empty_accumulator() -> Accumulator:
             **nonfinite.empty_record()}
 
 
+def zero_metrics(step: Callable[..., Any], state: TrainState, batch: Batch) -> Accumulator:
+    """Zeros shaped like the accumulator `step(state, empty_accumulator(), batch)` returns.
+
+    A train step returns `(state, accumulator)`, an eval step the accumulator. Only shapes are
+    traced (`jax.eval_shape`): nothing runs, and `state` and `batch` may be abstract."""
+    shapes = jax.eval_shape(step, state, empty_accumulator(), batch)
+    if isinstance(shapes, tuple):
+        shapes = shapes[1]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def metric_names(accumulator: dict[str, Any]) -> list[str]:
     return [k for k in accumulator if k not in _NOT_MEANS]
 
 
-def guarded_names(names: list[str], loss_scaling: bool) -> list[str]:
-    """The metrics the non-finite guard flags, in flag order; state descriptions (LATEST) are
-    not step results and are left out. The step and the loop's stop message both use this."""
-    return nonfinite.guarded_names([n for n in names if n not in LATEST], loss_scaling)
+def guarded_names(names: list[str], loss_scaling: bool, described: Collection[str] = ()
+                  ) -> list[str]:
+    """The metrics the non-finite guard flags, in flag order; the `described` ones (from a
+    `LoggedState`) are not step results and are left out. The step and the loop's stop message
+    both use this."""
+    return nonfinite.guarded_names([n for n in names if n not in described], loss_scaling)
 
 
-def accumulated_means(accumulator: dict[str, Any], prefix: str) -> dict[str, float]:
+def accumulated_means(accumulator: dict[str, Any], prefix: str,
+                      described: Collection[str] = ()) -> dict[str, float]:
     """Host-side means of fetched sums, named `<prefix>/<metric>`; skipped steps as a count.
 
-    Metrics average over the steps whose update was applied (NaN when there was none)."""
+    Metrics average over the steps whose update was applied (NaN when there was none); the
+    `described` ones (from a `LoggedState`) hold the last applied step's value instead."""
     count = float(accumulator["count"])
-    means = {f"{prefix}/{k}": float(accumulator[k]) / (1.0 if k in LATEST else count)
+    means = {f"{prefix}/{k}": float(accumulator[k]) / (1.0 if k in described else count)
              if count else float("nan") for k in metric_names(accumulator)}
     if float(accumulator.get(SKIPPED, 0.0)):
         means[f"{prefix}/{SKIPPED}"] = float(accumulator[SKIPPED])
@@ -185,18 +245,23 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             updated = with_ema(state, params).replace(params=params, opt_state=opt_state,
                                                       model_state=model_state)
             state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
-        sparsity = optax.tree_utils.tree_get(state.opt_state, "sparsity")
-        if sparsity is not None:
-            metrics["sparsity"] = sparsity
+        described = logged_metrics(state.opt_state)
+        if described.keys() & metrics.keys():
+            raise JaxforgeError(f"A LoggedState in the optimizer state reports "
+                                f"{sorted(described.keys() & metrics.keys())}, which the step "
+                                "already logs; give it other names.")
+        metrics.update(described)
         state = state.replace(step=state.step + 1, loss_scale=loss_scale,
                               skipped_steps=state.skipped_steps + (~applied).astype(jnp.int32))
         return state, metrics, applied, flags
 
     def add(accumulator: Accumulator, state: TrainState, metrics: dict[str, jax.Array],
             applied: jax.Array, flags: jax.Array) -> Accumulator:
+        """Sum the step's metrics where it was applied; a state's description is replaced."""
         weight = applied.astype(jnp.float32)
+        described = logged_metrics(state.opt_state)
         summed = {name: jnp.where(applied, value.astype(jnp.float32), accumulator.get(name, 0.0))
-                  if name in LATEST else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
+                  if name in described else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
                       value.astype(jnp.float32)) for name, value in metrics.items()}
         accumulator = nonfinite.record_first(accumulator, flags, state.step)
         return {**accumulator, **summed, "count": accumulator["count"] + weight,
@@ -206,22 +271,23 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         """Under `stop`, nothing is applied after the first non-finite step."""
         return (accumulator[nonfinite.FIRST_STEP] > 0) & (options.on_nonfinite == "stop")
 
+    def step_and_add(state: TrainState, accumulator: Accumulator, batch: Batch
+                     ) -> tuple[TrainState, Accumulator]:
+        state, *outputs = one_step(state, batch, halted(accumulator))
+        return state, add(accumulator, state, *outputs)
+
     def train_step(state: TrainState, accumulator: Accumulator, batches: Batch
                    ) -> tuple[TrainState, Accumulator]:
         steps = jax.tree.leaves(batches)[0].shape[0]
         if not metric_names(accumulator):  # An empty accumulator: the model names the metrics.
             first = jax.tree.map(lambda x: x[0], batches)
-            names = jax.eval_shape(one_step, state, first, jnp.zeros((), bool))[1]
-            accumulator = {**{k: jnp.zeros((), jnp.float32) for k in names}, **accumulator}
+            accumulator = {**zero_metrics(step_and_add, state, first), **accumulator}
         if steps == 1:  # No loop at all: one step costs what a hand-written step costs.
-            state, *outputs = one_step(state, jax.tree.map(lambda x: x[0], batches),
-                                       halted(accumulator))
-            return state, add(accumulator, state, *outputs)
+            return step_and_add(state, accumulator, jax.tree.map(lambda x: x[0], batches))
 
-        def body(carry, batch):
-            state, accumulator = carry
-            state, *outputs = one_step(state, batch, halted(accumulator))
-            return (state, add(accumulator, state, *outputs)), None
+        def body(carry: tuple[TrainState, Accumulator], batch: Batch
+                 ) -> tuple[tuple[TrainState, Accumulator], None]:
+            return step_and_add(*carry, batch), None
 
         (state, accumulator), _ = jax.lax.scan(body, (state, accumulator), batches,
                                                unroll=options.unroll)

@@ -165,7 +165,9 @@ class MagnitudePruningState(NamedTuple):
 
     count: jax.Array  # Updates applied so far.
     masks: Any  # 1.0 keeps a weight, 0.0 prunes it; all ones for parameters not pruned.
-    sparsity: jax.Array  # Fraction of the pruned parameters' weights that are zero.
+    # {"sparsity": the fraction of the pruned parameters' weights that are zero}, logged as
+    # train/sparsity and written into summary.json.
+    logged: framework.LoggedState
 
 
 def target_sparsity(step: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
@@ -186,7 +188,9 @@ def _magnitude_mask(weights: jax.Array, sparsity: jax.Array) -> jax.Array:
 def _magnitude_pruning(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     def init(params: Any) -> MagnitudePruningState:
         masks = jax.tree.map(jnp.ones_like, params)
-        return MagnitudePruningState(jnp.zeros((), jnp.int32), masks, jnp.zeros((), jnp.float32))
+        sparsity = jnp.zeros((), jnp.float32)
+        return MagnitudePruningState(jnp.zeros((), jnp.int32), masks,
+                                     framework.LoggedState({"sparsity": sparsity}))
 
     def update(updates: Any, state: MagnitudePruningState, params: Any = None
                ) -> tuple[Any, MagnitudePruningState]:
@@ -209,7 +213,8 @@ def _magnitude_pruning(config: ml_collections.ConfigDict) -> optax.GradientTrans
                   if chosen]
         total = sum(m.size for m in pruned)
         zeros = sum((jnp.sum(1.0 - m) for m in pruned), jnp.zeros((), jnp.float32))
-        return updates, MagnitudePruningState(count, masks, zeros / max(total, 1))
+        return updates, MagnitudePruningState(
+            count, masks, framework.LoggedState({"sparsity": zeros / max(total, 1)}))
 
     return optax.GradientTransformation(init, update)
 
