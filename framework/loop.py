@@ -216,7 +216,7 @@ def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           allow_config_change: bool = False, restore_step: int | None = None) -> dict[str, Any]:
-    """Train (or resume) the setup `config` in `workdir`; returns the summary.
+    """Train (or resume) the experiment `config` in `workdir`; returns the summary.
 
     A workdir holds one run: a second concurrent run is refused, and resuming with a config that
     differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
@@ -597,7 +597,7 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 def restore(workdir: str | Path, step: int | None = None
             ) -> tuple[Setup, TrainState, int]:
-    """Rebuild a workdir's setup from its config.json and restore a checkpoint's state."""
+    """Rebuild a workdir's plugins from its config.json and restore a checkpoint's state."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.exists():
