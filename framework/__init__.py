@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from framework import kinds
 from framework.errors import ConfigError, JaxforgeError
 from framework.registry import PLUGIN_API_VERSION, PluginAPIVersionWarning, PluginError, registry
 
@@ -21,12 +22,7 @@ _LAZY = {
     "DataContext": "framework.plugin",
     "Callback": "framework.plugin",
     "HostCopy": "framework.state",
-    "register_model": "framework.plugin",
-    "register_dataset": "framework.plugin",
-    "register_regularizer": "framework.plugin",
-    "register_optimizer": "framework.plugin",
-    "register_augmentation": "framework.plugin",
-    "register_callback": "framework.plugin",
+    **{kind.decorator: "framework.plugin" for kind in kinds.KINDS},  # register_model, ...
     "ArraySource": "framework.data",
     "DataSource": "framework.data",
     "TrainIterator": "framework.data",

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 
 from framework.errors import JaxforgeError
-from framework.registry import KINDS, PluginError, PluginInfo, registry
+from framework.kinds import cli_choices
+from framework.registry import PluginError, PluginInfo, registry
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,18 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True,
                                              metavar="COMMAND")
     listing = plugin_commands.add_parser("list", help="every installed plugin (imports none)")
-    listing.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    listing.add_argument("--kind", choices=cli_choices())
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     show = plugin_commands.add_parser("show", help="one plugin: where it comes from, its fields")
     show.add_argument("id", help="a name or a distribution:name id")
-    show.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    show.add_argument("--kind", choices=cli_choices())
 
     check = plugin_commands.add_parser(
         "check", allow_abbrev=False, help="run the conformance checks on installed plugins",
         epilog="Exit status: 0 when every check passes, 1 when one fails, 2 for an unknown id.")
     check.add_argument("ids", nargs="+", metavar="ID",
                        help="a name, a distribution:name id, or distribution:* (all its plugins)")
-    check.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    check.add_argument("--kind", choices=cli_choices())
     check.add_argument("--config", metavar="PATH", default=None,
                        help="the experiment to check the plugins in (default: a tiny one on "
                             "synthetic data); --config.SECTION.FIELD=VALUE overrides it")
@@ -140,7 +141,7 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return
     rows = [("ID", "KIND", "VERSION", "STATUS")]
-    rows += [(i.id, i.kind[:-1], i.version or "-",
+    rows += [(i.id, i.kind_singular, i.version or "-",
               i.status + (f" ({i.reason})" if i.reason else "")) for i in infos]
     widths = [max(len(row[c]) for row in rows) for c in range(3)]
     for row in rows:
@@ -148,21 +149,8 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
 
 
 def _find(name: str, kind: str | None) -> PluginInfo:
-    """The one plugin `name` refers to, of `kind` or of any kind."""
-    kinds = [kind if kind.endswith("s") else kind + "s"] if kind else list(KINDS)
-    found, errors = [], []
-    for k in kinds:
-        try:
-            found.append(registry.resolve(k, name))
-        except PluginError as error:
-            errors.append(error)
-    if not found:
-        raise errors[0] if len(errors) == 1 else PluginError(
-            f"No plugin named {name!r} of any kind. `jaxforge plugins list` shows them all.")
-    if len(found) > 1:
-        raise PluginError(f"{name!r} names plugins of several kinds "
-                          f"({', '.join(i.kind for i in found)}); add --kind.")
-    return found[0]
+    """The one plugin `name` refers to, of `kind` or of any kind (`Registry.find`)."""
+    return registry.find(name, kind)
 
 
 def _plugins_show(name: str, kind: str | None) -> None:
@@ -211,7 +199,7 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
           + (f" with {' '.join(overrides)}" if overrides else "") + ".")
     failed = []
     for info in infos:
-        print(f"\n{info.id} ({info.kind[:-1]}, {info.distribution} {info.version or '-'}, "
+        print(f"\n{info.id} ({info.kind_singular}, {info.distribution} {info.version or '-'}, "
               f"entry point {info.entry_point})")
         results = testing.run_checks(info.kind, info.id, experiment, overrides)
         width = max(len(r.check) for r in results)
