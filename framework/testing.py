@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from framework import config as config_lib
-from framework.data import DataSource
+from framework.data import DataSource, batch_problem
 from framework.kinds import AUGMENTATIONS, CALLBACKS, DATASETS, MODELS, OPTIMIZERS, REGULARIZERS
 from framework.model import Model, build_model
 from framework.plugin import Callback, DataContext, DatasetMetadata
@@ -567,25 +567,8 @@ def _dataset_builds(subject: Subject) -> None:
 
 
 def _check_batch(batch: Any, size: int, metadata: DatasetMetadata, what: str) -> None:
-    _require(isinstance(batch, dict), f"A {what} is a {type(batch).__name__}, not a dict.")
-    _require({"inputs", "label"} <= set(batch),
-             f"A {what} has the keys {sorted(batch)}; it needs `inputs` and `label`.")
-    for key, value in batch.items():
-        _require(isinstance(value, np.ndarray), f"{what}[{key!r}] is a {type(value).__name__}; "
-                 "batches are numpy arrays (the trainer places them on the devices).")
-        _require(value.shape[:1] == (size,), f"{what}[{key!r}] has shape {value.shape}; its "
-                 f"leading dimension must be this process's batch size {size}.")
-    inputs, label = batch["inputs"], batch["label"]
-    _require(inputs.shape[1:] == tuple(metadata.input_shape),
-             f"{what}['inputs'] has examples of shape {inputs.shape[1:]}, but the metadata "
-             f"promises input_shape={tuple(metadata.input_shape)}.")
-    _require(inputs.dtype == np.dtype(metadata.input_dtype),
-             f"{what}['inputs'] is {inputs.dtype}, but the metadata promises "
-             f"input_dtype={metadata.input_dtype!r}.")
-    if np.issubdtype(label.dtype, np.integer) and metadata.num_classes > 0:
-        _require(bool(np.all((label >= 0) & (label < metadata.num_classes))),
-                 f"{what}['label'] has values outside [0, num_classes={metadata.num_classes}): "
-                 f"{np.unique(label[(label < 0) | (label >= metadata.num_classes)])[:5]}.")
+    problem = batch_problem(batch, metadata, size, what)
+    _require(problem is None, problem)
 
 
 @_check("dataset_train_batches", [DATASETS],
