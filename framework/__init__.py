@@ -27,6 +27,7 @@ _LAZY = {
     "DataSource": "framework.data",
     "TrainIterator": "framework.data",
     "local_batch_size": "framework.data",
+    "eval_positions": "framework.data",
     "path_text": "framework.sharding",
     "check": "framework.config",
     "load_config": "framework.config",

@@ -117,6 +117,21 @@ def local_batch_size(global_batch_size: int, context: DataContext, key: str) -> 
     return global_batch_size // context.process_count
 
 
+def eval_positions(indices: np.ndarray, global_batch: int, local_batch: int,
+                   process_index: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where this process's eval rows come from, and which are real.
+
+    Eval batch k of the global eval batch size holds positions [k*global, (k+1)*global) of the
+    eval split; process p's share is the p-th run of `local_batch` of them. `indices` count this
+    process's rows (row r of its batch k is index k*local_batch + r). Returns the positions in the
+    split (0 where the last batch is padded past the end) and the mask of the real rows.
+    """
+    batch, row = np.divmod(np.asarray(indices), local_batch)
+    positions = batch * global_batch + process_index * local_batch + row
+    mask = positions < num_examples
+    return np.where(mask, positions, 0), mask
+
+
 class ArrayTrainIterator:
     """Global batch k holds positions [k*B, (k+1)*B) of the concatenated epoch permutations."""
 
@@ -179,11 +194,9 @@ class ArraySource:
     def eval_batches(self) -> Iterator[Batch]:
         num_examples = len(next(iter(self._eval.values())))
         local = self._eval_batch_size // self._context.process_count
-        offset = self._context.process_index * local
         for k in range(math.ceil(num_examples / self._eval_batch_size)):
-            positions = k * self._eval_batch_size + offset + np.arange(local)
-            mask = positions < num_examples
-            indices = np.where(mask, positions, 0)
+            indices, mask = eval_positions(k * local + np.arange(local), self._eval_batch_size,
+                                           local, self._context.process_index, num_examples)
             batch = {key: value[indices] for key, value in self._eval.items()}
             batch["mask"] = mask
             yield batch

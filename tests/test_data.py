@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import framework
 from framework.data import ArraySource, CheckedIterator, batch_problem, check_batch
 from framework.errors import ConfigError, JaxforgeError
 from framework.plugin import DataContext, DatasetMetadata
@@ -111,3 +112,10 @@ def test_eval_batches_pass_the_batch_rules():
     data = source(process_count=1)
     for batch in data.eval_batches():
         check_batch(batch, DatasetMetadata((1,), 21, 20, 21), "mine", "eval batch")
+
+
+def test_eval_positions_pad_the_last_global_batch_and_mask_it():
+    # 10 examples, global eval batch 4 over 2 processes: 3 batches, the last half padding.
+    positions, mask = framework.eval_positions(np.arange(6), 4, 2, 1, 10)
+    assert positions.tolist() == [2, 3, 6, 7, 0, 0]
+    assert mask.tolist() == [True, True, True, True, False, False]
