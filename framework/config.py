@@ -12,7 +12,7 @@ import difflib
 import importlib.util
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +210,22 @@ def _parent(config: ml_collections.ConfigDict, key: str) -> ml_collections.Confi
     return config
 
 
-def _all_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    paths = []
+def is_section(value: Any) -> bool:
+    """Whether a config value is a section (a ConfigDict, or a dict as in config.json)."""
+    return isinstance(value, (dict, ml_collections.ConfigDict))
+
+
+def flatten(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """`(section.field, value)` for every section and field of a config tree (a ConfigDict or
+    nested dicts), depth first in the config's order; a section comes before its fields."""
     for key, value in config.items():
-        paths.append(prefix + key)
-        if isinstance(value, ml_collections.ConfigDict):
-            paths.extend(_all_paths(value, prefix + key + "."))
-    return paths
+        yield prefix + key, value
+        if is_section(value):
+            yield from flatten(value, f"{prefix}{key}.")
+
+
+def _all_paths(config: ml_collections.ConfigDict) -> list[str]:
+    return [path for path, _ in flatten(config)]
 
 
 def _unknown_key_error(config: ml_collections.ConfigDict, key: str,
@@ -499,16 +508,11 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return resolve_config(load_experiment(spec), keys)
 
 
-def format_config(config: ml_collections.ConfigDict, prefix: str = "") -> str:
+def format_config(config: ml_collections.ConfigDict) -> str:
     """One `section.field = value` line per field: the names `--config.` overrides use."""
-    lines = []
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            lines.append(format_config(value, f"{prefix}{key}.") if len(value) else
-                         f"{prefix}{key} = {{}}")
-        else:
-            lines.append(f"{prefix}{key} = {value!r}")
-    return "\n".join(line for line in lines if line)
+    return "\n".join(f"{path} = {{}}" if is_section(value) else f"{path} = {value!r}"
+                     for path, value in flatten(config)
+                     if not (is_section(value) and len(value)))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
