@@ -7,7 +7,7 @@
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
     jaxforge plugins list [--kind KIND] [--json]
     jaxforge plugins show ID [--kind KIND]
-    jaxforge plugins check ID [ID ...] [--kind KIND] [--config PATH] [--config.a.b=v ...]
+    jaxforge plugins check ID [ID ...] [--kind KIND] [--verbose] [--config PATH] [--config.x=v ...]
     jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
 
@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", default=None,
                        help="the experiment to check the plugins in (default: a tiny one on "
                             "synthetic data); --config.SECTION.FIELD=VALUE overrides it")
+    check.add_argument("--verbose", action="store_true",
+                       help="print each failure's whole traceback (by default only the "
+                            "innermost frames in the plugin's own code)")
 
     new_plugin = commands.add_parser("new-plugin", allow_abbrev=False,
                                      help="create a plugin package from the template")
@@ -186,7 +189,7 @@ def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
 
 
 def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None,
-                   overrides: Sequence[str]) -> int:
+                   overrides: Sequence[str], verbose: bool = False) -> int:
     """Print a pass/fail table per plugin; 0 when all pass, 1 when a check fails."""
     from framework import config as config_lib
     from framework import testing
@@ -208,6 +211,8 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
             print(f"  {result.check.ljust(width)}  {result.status.upper():6}  "
                   f"{result.seconds:4.1f}s")
             for line in result.message.splitlines() if result.status != "pass" else []:
+                print(f"      {line}")
+            for line in result.traceback.splitlines() if verbose else []:
                 print(f"      {line}")
         if not all(r.passed for r in results):
             failed.append(info.id)
@@ -231,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.plugins_command == "list":
                 _plugins_list(args.kind, args.json)
             elif args.plugins_command == "check":
-                return _plugins_check(args.ids, args.kind, args.config, extra)
+                return _plugins_check(args.ids, args.kind, args.config, extra, args.verbose)
             else:
                 _plugins_show(args.id, args.kind)
         elif args.command == "new-plugin":

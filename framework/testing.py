@@ -22,9 +22,12 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -116,6 +119,7 @@ class CheckResult:
     status: str  # pass | fail | skip
     message: str
     seconds: float
+    traceback: str = ""  # A failure's whole traceback (`jaxforge plugins check --verbose`).
 
     @property
     def passed(self) -> bool:
@@ -813,9 +817,56 @@ def _callback_hooks_run(subject: Subject) -> None:
 # Running checks -------------------------------------------------------------------------------
 
 
+def _internal_directories() -> tuple[str, ...]:
+    """Where the framework, the libraries under it and Python's standard library live."""
+    directories = [str(Path(__file__).parent)]
+    for package in _INTERNAL_PACKAGES:
+        module = sys.modules.get(package)
+        if module is not None and getattr(module, "__file__", None):
+            directories.append(str(Path(module.__file__).parent))
+    return tuple(os.path.join(d, "") for d in directories)
+
+
+_INTERNAL_PACKAGES = ("jax", "jaxlib", "flax", "optax", "ml_collections", "numpy")
+_STANDARD_LIBRARY = os.path.join(sysconfig.get_paths()["stdlib"], "")
+
+
+def _is_internal(filename: str, internal: tuple[str, ...]) -> bool:
+    if filename.startswith(internal):
+        return True
+    return (filename.startswith(_STANDARD_LIBRARY)  # Not a package installed under it.
+            and not any(part in filename for part in ("site-packages", "dist-packages")))
+
+
+def plugin_frames(error: BaseException, count: int = 3) -> list[traceback.FrameSummary]:
+    """The innermost `count` frames of a plugin's crash that lie outside the framework, JAX,
+    Flax, Optax, NumPy and the standard library: the plugin's own code. Of a chained exception,
+    the innermost cause with such frames."""
+    chain, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    internal = _internal_directories()
+    for exception in reversed(chain):
+        frames = [frame for frame in traceback.extract_tb(exception.__traceback__)
+                  if not _is_internal(os.path.abspath(frame.filename), internal)]
+        if frames:
+            return frames[-count:]
+    return []
+
+
+def format_plugin_frames(error: BaseException, count: int = 3) -> str:
+    """`plugin_frames` as a traceback shows them: file, line, function and the source line."""
+    return "".join(traceback.format_list(plugin_frames(error, count)))
+
+
+
 def _run(check: Check, subject: Subject) -> CheckResult:
     started = time.perf_counter()
-    status, message = "pass", ""
+    status, message, failure = "pass", "", None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
@@ -823,12 +874,17 @@ def _run(check: Check, subject: Subject) -> CheckResult:
     except CheckSkipped as skipped:
         status, message = "skip", str(skipped)
     except ContractViolation as violation:
-        status, message = "fail", f"{violation}\nThe contract: {check.wants}"
+        status, message, failure = "fail", f"{violation}\nThe contract: {check.wants}", violation
     except Exception as error:  # A crash inside the plugin is a failure of this check.
-        status = "fail"
-        message = f"It raised {type(error).__name__}: {error}\nThe contract: {check.wants}"
+        where = format_plugin_frames(error)
+        status, failure = "fail", error
+        message = (f"It raised {type(error).__name__}: {error}\n"
+                   + (f"In the plugin's code (innermost last):\n{where}" if where else "")
+                   + f"The contract: {check.wants}")
+    details = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__)
+                      ) if failure is not None else ""
     return CheckResult(subject.label, subject.kind, check.name, status, message,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, details)
 
 
 def run_checks(kind: str, plugin: Any, config: ml_collections.ConfigDict | None = None,

@@ -80,6 +80,40 @@ def test_wrong_output_shape_fails_and_says_what_is_wanted():
     assert "The contract: under jax.jit" in message
 
 
+def _layer_named(config):
+    name = config.layer  # A str where the plugin expected a class.
+    return name(4)  # The line the failure must point at.
+
+
+def crashing_build(config, metadata, dtype):
+    return _layer_named(config)
+
+
+CRASH_LINE = _layer_named.__code__.co_firstlineno + 2
+
+
+def test_a_plugin_that_crashes_shows_where_in_its_own_code():
+    crashing = model_plugin(crashing_build, layer="dense")
+    message = failures("models", crashing)["model_builds"]
+    assert message.startswith("It raised TypeError: 'str' object is not callable\n")
+    assert f'test_testing.py", line {CRASH_LINE}, in _layer_named\n' in message
+    assert "    return name(4)" in message and "in crashing_build" in message
+    assert "framework/model.py" not in message  # The framework's own frames are left out.
+    with pytest.raises(ConformanceError, match=f"test_testing.py\", line {CRASH_LINE}"):
+        check_plugin("models", crashing)
+
+
+def test_plugins_check_shows_the_crash_and_with_verbose_the_whole_traceback(capsys):
+    with registry.registered("models", "crashing", model_plugin(crashing_build, layer="x")):
+        assert main(["plugins", "check", "local:crashing"]) == 1
+        out = capsys.readouterr().out
+        assert f'test_testing.py", line {CRASH_LINE}, in _layer_named' in out
+        assert "Traceback (most recent call last)" not in out
+        assert main(["plugins", "check", "local:crashing", "--verbose"]) == 1
+        out = capsys.readouterr().out
+        assert "Traceback (most recent call last)" in out and "framework/model.py" in out
+
+
 def test_params_in_the_compute_dtype_fail_mixed_precision():
     half = model_plugin(lambda config, metadata, dtype: Linear(metadata.num_classes, dtype))
     assert "parameters are ['bfloat16']; keep them float32" in failures("models", half)[
