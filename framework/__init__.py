@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from framework import kinds
 from framework.errors import ConfigError, JaxforgeError
 from framework.registry import PLUGIN_API_VERSION, PluginAPIVersionWarning, PluginError, registry
 
@@ -22,16 +23,13 @@ _LAZY = {
     "Callback": "framework.plugin",
     "HostCopy": "framework.state",
     "LoggedState": "framework.step",
-    "register_model": "framework.plugin",
-    "register_dataset": "framework.plugin",
-    "register_regularizer": "framework.plugin",
-    "register_optimizer": "framework.plugin",
-    "register_augmentation": "framework.plugin",
-    "register_callback": "framework.plugin",
+    **{kind.decorator: "framework.plugin" for kind in kinds.KINDS},  # register_model, ...
     "ArraySource": "framework.data",
     "DataSource": "framework.data",
     "TrainIterator": "framework.data",
     "local_batch_size": "framework.data",
+    "eval_positions": "framework.data",
+    "path_text": "framework.sharding",
     "check": "framework.config",
     "fields": "framework.config",
     "field_docs": "framework.config",

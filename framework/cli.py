@@ -7,7 +7,7 @@
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
     jaxforge plugins list [--kind KIND] [--json]
     jaxforge plugins show ID [--kind KIND]
-    jaxforge plugins check ID [ID ...] [--kind KIND] [--config PATH] [--config.a.b=v ...]
+    jaxforge plugins check ID [ID ...] [--kind KIND] [--verbose] [--config PATH] [--config.x=v ...]
     jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
 
@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 
 from framework.errors import JaxforgeError
-from framework.registry import KINDS, PluginError, PluginInfo, registry
+from framework.kinds import cli_choices
+from framework.registry import PluginError, PluginInfo, registry
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,21 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True,
                                              metavar="COMMAND")
     listing = plugin_commands.add_parser("list", help="every installed plugin (imports none)")
-    listing.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    listing.add_argument("--kind", choices=cli_choices())
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     show = plugin_commands.add_parser("show", help="one plugin: where it comes from, its fields")
     show.add_argument("id", help="a name or a distribution:name id")
-    show.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    show.add_argument("--kind", choices=cli_choices())
 
     check = plugin_commands.add_parser(
         "check", allow_abbrev=False, help="run the conformance checks on installed plugins",
         epilog="Exit status: 0 when every check passes, 1 when one fails, 2 for an unknown id.")
     check.add_argument("ids", nargs="+", metavar="ID",
                        help="a name, a distribution:name id, or distribution:* (all its plugins)")
-    check.add_argument("--kind", choices=[*KINDS, *(k[:-1] for k in KINDS)])
+    check.add_argument("--kind", choices=cli_choices())
     check.add_argument("--config", metavar="PATH", default=None,
                        help="the experiment to check the plugins in (default: a tiny one on "
                             "synthetic data); --config.SECTION.FIELD=VALUE overrides it")
+    check.add_argument("--verbose", action="store_true",
+                       help="print each failure's whole traceback (by default only the "
+                            "innermost frames in the plugin's own code)")
 
     new_plugin = commands.add_parser("new-plugin", allow_abbrev=False,
                                      help="create a plugin package from the template")
@@ -140,7 +144,7 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return
     rows = [("ID", "KIND", "VERSION", "STATUS")]
-    rows += [(i.id, i.kind[:-1], i.version or "-",
+    rows += [(i.id, i.kind_singular, i.version or "-",
               i.status + (f" ({i.reason})" if i.reason else "")) for i in infos]
     widths = [max(len(row[c]) for row in rows) for c in range(3)]
     for row in rows:
@@ -148,21 +152,8 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
 
 
 def _find(name: str, kind: str | None) -> PluginInfo:
-    """The one plugin `name` refers to, of `kind` or of any kind."""
-    kinds = [kind if kind.endswith("s") else kind + "s"] if kind else list(KINDS)
-    found, errors = [], []
-    for k in kinds:
-        try:
-            found.append(registry.resolve(k, name))
-        except PluginError as error:
-            errors.append(error)
-    if not found:
-        raise errors[0] if len(errors) == 1 else PluginError(
-            f"No plugin named {name!r} of any kind. `jaxforge plugins list` shows them all.")
-    if len(found) > 1:
-        raise PluginError(f"{name!r} names plugins of several kinds "
-                          f"({', '.join(i.kind for i in found)}); add --kind.")
-    return found[0]
+    """The one plugin `name` refers to, of `kind` or of any kind (`Registry.find`)."""
+    return registry.find(name, kind)
 
 
 def _plugins_show(name: str, kind: str | None) -> None:
@@ -203,7 +194,7 @@ def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
 
 
 def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None,
-                   overrides: Sequence[str]) -> int:
+                   overrides: Sequence[str], verbose: bool = False) -> int:
     """Print a pass/fail table per plugin; 0 when all pass, 1 when a check fails."""
     from framework import config as config_lib
     from framework import testing
@@ -216,7 +207,7 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
           + (f" with {' '.join(overrides)}" if overrides else "") + ".")
     failed = []
     for info in infos:
-        print(f"\n{info.id} ({info.kind[:-1]}, {info.distribution} {info.version or '-'}, "
+        print(f"\n{info.id} ({info.kind_singular}, {info.distribution} {info.version or '-'}, "
               f"entry point {info.entry_point})")
         results = testing.run_checks(info.kind, info.id, experiment, overrides)
         width = max(len(r.check) for r in results)
@@ -225,6 +216,8 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
             print(f"  {result.check.ljust(width)}  {result.status.upper():6}  "
                   f"{result.seconds:4.1f}s")
             for line in result.message.splitlines() if result.status != "pass" else []:
+                print(f"      {line}")
+            for line in result.traceback.splitlines() if verbose else []:
                 print(f"      {line}")
         if not all(r.passed for r in results):
             failed.append(info.id)
@@ -248,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.plugins_command == "list":
                 _plugins_list(args.kind, args.json)
             elif args.plugins_command == "check":
-                return _plugins_check(args.ids, args.kind, args.config, extra)
+                return _plugins_check(args.ids, args.kind, args.config, extra, args.verbose)
             else:
                 _plugins_show(args.id, args.kind)
         elif args.command == "new-plugin":

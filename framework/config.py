@@ -12,7 +12,7 @@ import difflib
 import importlib.util
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,8 @@ import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
+from framework.kinds import KINDS
 from framework.registry import registry
-
-PLUGIN_SECTIONS = {"model": "models", "dataset": "datasets", "optimizer": "optimizers"}
-"""Sections that configure one plugin, named by their `name` field."""
-
-PLUGIN_MAPPINGS = {"regularizers": "regularizers", "augmentations": "augmentations",
-                   "callbacks": "callbacks"}
-"""Sections that map plugin names to that plugin's fields (`regularizers.l2.weight`)."""
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 NONFINITE_MODES = ("stop", "skip")
@@ -278,17 +272,22 @@ def _parent(config: ml_collections.ConfigDict, key: str) -> ml_collections.Confi
     return config
 
 
-def _set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    _parent(config, key)[key.rsplit(".", 1)[-1]] = value
+def is_section(value: Any) -> bool:
+    """Whether a config value is a section (a ConfigDict, or a dict as in config.json)."""
+    return isinstance(value, (dict, ml_collections.ConfigDict))
 
 
-def _all_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    paths = []
+def flatten(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """`(section.field, value)` for every section and field of a config tree (a ConfigDict or
+    nested dicts), depth first in the config's order; a section comes before its fields."""
     for key, value in config.items():
-        paths.append(prefix + key)
-        if isinstance(value, ml_collections.ConfigDict):
-            paths.extend(_all_paths(value, prefix + key + "."))
-    return paths
+        yield prefix + key, value
+        if is_section(value):
+            yield from flatten(value, f"{prefix}{key}.")
+
+
+def _all_paths(config: ml_collections.ConfigDict) -> list[str]:
+    return [path for path, _ in flatten(config)]
 
 
 def _unknown_key_error(config: ml_collections.ConfigDict, key: str,
@@ -325,26 +324,27 @@ def _check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
 
 
 def _plugin_names(user: ml_collections.ConfigDict, overrides: dict[str, str]
-                  ) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """The plugins a config names, after overrides: section -> name, mapping -> [names]."""
+                  ) -> dict[str, list[str]]:
+    """The plugins a config names, after overrides, per kind: [name] for a kind whose section
+    names one plugin, [names] in the order written for a kind whose section maps several."""
     base = base_config()
-    single = {}
-    for section in PLUGIN_SECTIONS:
+    names = {}
+    for kind in KINDS:
+        section = kind.section
         written = user.get(section)
-        name = overrides.get(f"{section}.name")
-        if name is None and isinstance(written, ml_collections.ConfigDict):
-            name = written.get("name")
-        single[section] = name or base[section].name
-    mapped = {}
-    for section in PLUGIN_MAPPINGS:
-        written = user.get(section)
-        names = _insertion_order(written) if isinstance(written, ml_collections.ConfigDict) else []
+        if not kind.mapping:
+            name = overrides.get(f"{section}.name")
+            if name is None and isinstance(written, ml_collections.ConfigDict):
+                name = written.get("name")
+            names[kind.name] = [name or base[section].name]
+            continue
+        mapped = _insertion_order(written) if isinstance(written, ml_collections.ConfigDict) else []
         for key in overrides:
             parts = key.split(".")
-            if parts[0] == section and len(parts) > 1 and parts[1] not in names:
-                names.append(parts[1])
-        mapped[section] = names
-    return single, mapped
+            if parts[0] == section and len(parts) > 1 and parts[1] not in mapped:
+                mapped.append(parts[1])
+        names[kind.name] = mapped
+    return names
 
 
 def _insertion_order(section: ml_collections.ConfigDict) -> list[str]:
@@ -365,21 +365,24 @@ def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDic
     return ml_collections.ConfigDict(defaults.to_dict(), type_safe=True)
 
 
-def _schema(single: dict[str, str], mapped: dict[str, list[str]]) -> ml_collections.ConfigDict:
+def _schema(names: dict[str, list[str]]) -> ml_collections.ConfigDict:
     """The framework defaults plus every named plugin's default fields."""
     schema = base_config()
-    for section, name in single.items():
-        defaults = _plugin_defaults(PLUGIN_SECTIONS[section], name, f"{section}.name")
-        for key, value in defaults.items():
-            if key == "name":
-                raise ConfigError(f"Plugin {name!r} declares a field 'name', which is reserved.")
-            schema[section][key] = value
-        schema[section].name = name
-    for section, names in mapped.items():
+    for kind in sorted(KINDS, key=lambda k: k.mapping):  # Sections of one plugin first.
+        section = kind.section
+        if not kind.mapping:
+            [name] = names[kind.name]
+            defaults = _plugin_defaults(kind.name, name, f"{section}.name")
+            for key, value in defaults.items():
+                if key == "name":
+                    raise ConfigError(
+                        f"Plugin {name!r} declares a field 'name', which is reserved.")
+                schema[section][key] = value
+            schema[section].name = name
+            continue
         schema[section] = ml_collections.ConfigDict(sort_keys=False)  # Applied in this order.
-        for name in names:
-            schema[section][name] = _plugin_defaults(PLUGIN_MAPPINGS[section], name,
-                                                     f"{section}.{name}")
+        for name in names[kind.name]:
+            schema[section][name] = _plugin_defaults(kind.name, name, f"{section}.{name}")
     return schema
 
 
@@ -520,10 +523,10 @@ def _validate_profile_steps(train: ml_collections.ConfigDict) -> None:
 
 def named_plugins(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
     """(kind, name, section path) of every plugin a resolved config uses."""
-    plugins = [(kind, config[section].name, section)
-               for section, kind in PLUGIN_SECTIONS.items()]
-    plugins += [(kind, name, f"{section}.{name}") for section, kind in PLUGIN_MAPPINGS.items()
-                for name in config[section]]
+    plugins = [(kind.name, config[kind.section].name, kind.section)
+               for kind in KINDS if not kind.mapping]
+    plugins += [(kind.name, name, f"{kind.section}.{name}")
+                for kind in KINDS if kind.mapping for name in config[kind.section]]
     return plugins
 
 
@@ -548,8 +551,7 @@ def resolve_config(user: ml_collections.ConfigDict,
     """Merge, override, validate and lock a config. Raises ConfigError; trains nothing."""
     if not isinstance(overrides, dict):
         overrides = parse_override_keys(overrides)
-    single, mapped = _plugin_names(user, overrides)
-    config = _schema(single, mapped)
+    config = _schema(_plugin_names(user, overrides))
     _overlay(config, user, config)
     for length, other in (("num_steps", "num_epochs"), ("num_epochs", "num_steps")):
         if f"train.{length}" in overrides and f"train.{other}" not in overrides:
@@ -568,16 +570,11 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return resolve_config(load_experiment(spec), keys)
 
 
-def format_config(config: ml_collections.ConfigDict, prefix: str = "") -> str:
+def format_config(config: ml_collections.ConfigDict) -> str:
     """One `section.field = value` line per field: the names `--config.` overrides use."""
-    lines = []
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            lines.append(format_config(value, f"{prefix}{key}.") if len(value) else
-                         f"{prefix}{key} = {{}}")
-        else:
-            lines.append(f"{prefix}{key} = {value!r}")
-    return "\n".join(line for line in lines if line)
+    return "\n".join(f"{path} = {{}}" if is_section(value) else f"{path} = {value!r}"
+                     for path, value in flatten(config)
+                     if not (is_section(value) and len(value)))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -41,23 +41,50 @@ class DataSource(Protocol):
     def eval_batches(self) -> Iterator[Batch]: ...  # Local share, padded, with a `mask` key.
 
 
-def check_batch(batch: Batch, metadata: DatasetMetadata, dataset: str) -> None:
-    """Catch a dataset that breaks its own metadata before it reaches the model."""
-    inputs = batch.get("inputs")
-    if inputs is None:
-        raise JaxforgeError(f"Dataset plugin {dataset!r} yielded a batch without 'inputs' "
-                            f"(keys: {', '.join(batch)}).")
-    if tuple(inputs.shape[1:]) != tuple(metadata.input_shape):
-        raise JaxforgeError(
-            f"Dataset plugin {dataset!r} yielded inputs of shape {tuple(inputs.shape)}, but its "
-            f"metadata promises examples of shape {tuple(metadata.input_shape)}.")
-    labels = batch.get("label")
-    if labels is not None and metadata.num_classes > 0 and labels.size:
-        low, high = int(np.min(labels)), int(np.max(labels))
-        if low < 0 or high >= metadata.num_classes:
-            raise JaxforgeError(
-                f"Dataset plugin {dataset!r} yielded labels in [{low}, {high}], outside "
-                f"[0, {metadata.num_classes - 1}] for its {metadata.num_classes} classes.")
+def batch_problem(batch: Any, metadata: DatasetMetadata, size: int | None = None,
+                  what: str = "train batch") -> str | None:
+    """What is wrong with a batch a dataset yielded, by the dataset contract; None if nothing.
+
+    The rules: a dict of numpy arrays with `inputs` and `label`, all of one leading dimension
+    (`size`, this process's batch size, when given), `inputs` of the metadata's input_shape and
+    input_dtype, integer labels in [0, num_classes). The training loop (`check_batch`) and the
+    conformance checks (`framework.testing`) apply the same rules.
+    """
+    if not isinstance(batch, dict):
+        return f"A {what} is a {type(batch).__name__}, not a dict."
+    if not {"inputs", "label"} <= set(batch):
+        return f"A {what} has the keys {sorted(batch)}; it needs `inputs` and `label`."
+    size = len(batch["inputs"]) if size is None else size
+    for key, value in batch.items():
+        if not isinstance(value, np.ndarray):
+            return (f"{what}[{key!r}] is a {type(value).__name__}; batches are numpy arrays (the "
+                    "trainer places them on the devices).")
+        if value.shape[:1] != (size,):
+            return (f"{what}[{key!r}] has shape {value.shape}; its leading dimension must be "
+                    f"this process's batch size {size}.")
+    inputs, label = batch["inputs"], batch["label"]
+    if inputs.shape[1:] != tuple(metadata.input_shape):
+        return (f"{what}['inputs'] has examples of shape {inputs.shape[1:]}, but the metadata "
+                f"promises input_shape={tuple(metadata.input_shape)}.")
+    if inputs.dtype != np.dtype(metadata.input_dtype):
+        return (f"{what}['inputs'] is {inputs.dtype}, but the metadata promises "
+                f"input_dtype={metadata.input_dtype!r}.")
+    if np.issubdtype(label.dtype, np.integer) and metadata.num_classes > 0:
+        outside = (label < 0) | (label >= metadata.num_classes)
+        if np.any(outside):
+            return (f"{what}['label'] has values outside [0, num_classes="
+                    f"{metadata.num_classes}): {np.unique(label[outside])[:5]}.")
+    return None
+
+
+def check_batch(batch: Batch, metadata: DatasetMetadata, dataset: str,
+                what: str = "batch") -> None:
+    """Catch a dataset that breaks its contract or its own metadata before it reaches the model:
+    a JaxforgeError naming the dataset and the broken rule (`batch_problem`)."""
+    problem = batch_problem(batch, metadata, what=what)
+    if problem is not None:
+        raise JaxforgeError(f"Dataset plugin {dataset!r} yielded a {what} that breaks the "
+                            f"dataset contract: {problem}")
 
 
 class CheckedIterator:
@@ -71,7 +98,7 @@ class CheckedIterator:
 
     def __next__(self) -> Batch:
         batch = next(self._iterator)
-        check_batch(batch, self._metadata, self._dataset)
+        check_batch(batch, self._metadata, self._dataset, "train batch")
         return batch
 
     def get_state(self) -> dict[str, Any]:
@@ -88,6 +115,21 @@ def local_batch_size(global_batch_size: int, context: DataContext, key: str) -> 
             f"config.{key}={global_batch_size} does not split over {context.process_count} "
             f"processes; use a multiple of {context.process_count}.")
     return global_batch_size // context.process_count
+
+
+def eval_positions(indices: np.ndarray, global_batch: int, local_batch: int,
+                   process_index: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where this process's eval rows come from, and which are real.
+
+    Eval batch k of the global eval batch size holds positions [k*global, (k+1)*global) of the
+    eval split; process p's share is the p-th run of `local_batch` of them. `indices` count this
+    process's rows (row r of its batch k is index k*local_batch + r). Returns the positions in the
+    split (0 where the last batch is padded past the end) and the mask of the real rows.
+    """
+    batch, row = np.divmod(np.asarray(indices), local_batch)
+    positions = batch * global_batch + process_index * local_batch + row
+    mask = positions < num_examples
+    return np.where(mask, positions, 0), mask
 
 
 class ArrayTrainIterator:
@@ -152,11 +194,9 @@ class ArraySource:
     def eval_batches(self) -> Iterator[Batch]:
         num_examples = len(next(iter(self._eval.values())))
         local = self._eval_batch_size // self._context.process_count
-        offset = self._context.process_index * local
         for k in range(math.ceil(num_examples / self._eval_batch_size)):
-            positions = k * self._eval_batch_size + offset + np.arange(local)
-            mask = positions < num_examples
-            indices = np.where(mask, positions, 0)
+            indices, mask = eval_positions(k * local + np.arange(local), self._eval_batch_size,
+                                           local, self._context.process_index, num_examples)
             batch = {key: value[indices] for key, value in self._eval.items()}
             batch["mask"] = mask
             yield batch

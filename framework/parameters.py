@@ -12,6 +12,8 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding
 
+from framework.sharding import path_text
+
 
 def _sharding_text(array: Any) -> str:
     sharding = getattr(array, "sharding", None)
@@ -41,8 +43,8 @@ def parameter_table(params: Any) -> str:
     for path, leaf in leaves:
         count = math.prod(leaf.shape)
         num_bytes += count * leaf.dtype.itemsize
-        rows.append((jax.tree_util.keystr(path, simple=True, separator="/"), str(tuple(leaf.shape)),
-                     str(leaf.dtype), f"{count:,}", _sharding_text(leaf)))
+        rows.append((path_text(path), str(tuple(leaf.shape)), str(leaf.dtype), f"{count:,}",
+                     _sharding_text(leaf)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) if column == 3 else cell.ljust(width)
                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip()

@@ -1,17 +1,10 @@
 """The plugin contracts: what each kind of plugin builds, and the decorators for in-process plugins.
 
 Every plugin is an object with `default_config()` (a ConfigDict of its fields) and `build(...)`;
-`Plugin` is the convenient way to make one. What `build` receives and returns depends on the kind:
-
-| kind          | build(...)                                  | returns                                   |
-|---------------|---------------------------------------------|-------------------------------------------|
-| models        | (config, metadata: DatasetMetadata, dtype)  | a Flax Linen module, `__call__(x, *, train)` |
-|               | (config, metadata, dtype, rngs: nnx.Rngs)   | a Flax NNX module constructed with `rngs`, `__call__(x, *, train)` |
-| datasets      | (config, context: DataContext)              | a `framework.data.DataSource`              |
-| regularizers  | (config)                                    | `penalty(params, batch, outputs) -> scalar` (scaled by `config.weight`) or an `optax.GradientTransformation` |
-| optimizers    | (config, num_steps: int)                    | an `optax.GradientTransformation`          |
-| augmentations | (config)                                    | a pure JAX `(rng, batch) -> batch`         |
-| callbacks     | (config)                                    | a `framework.Callback`                     |
+`Plugin` is the convenient way to make one. What `build` receives and returns depends on the kind;
+the kinds and their `build` signatures are declared in `framework.kinds`, and
+`framework.kinds.build_table()` renders them as a table (`python -c "from framework import kinds;
+print(kinds.build_table())"`).
 
 Any plugin may define `validate(config)`, raising `framework.ConfigError` for a bad value; it
 runs when the config is resolved, before anything is built. A model plugin may also define
@@ -33,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from framework import kinds as kinds_lib
 from framework.registry import PLUGIN_API_VERSION, registry
 
 
@@ -99,43 +93,34 @@ class Callback:
         """Once, when training ends; `summary` is what goes into summary.json (add to it)."""
 
 
-def _register(kind: str, name: str, default_config: Callable[[], ml_collections.ConfigDict] | None,
-              **extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
-        plugin = Plugin(build=build, api_version=PLUGIN_API_VERSION,
-                        default_config=default_config or ml_collections.ConfigDict,
-                        description=(build.__doc__ or "").strip(), **extra)
-        registry.register(kind, name, plugin)
-        return build
+def _decorator(kind: kinds_lib.Kind) -> Callable[..., Callable[[Callable[..., Any]], Any]]:
+    """`register_<singular>(name, *, default_config=None, ...)` for one kind of the table."""
 
-    return decorator
+    def register(name: str, *, default_config: Callable[[], ml_collections.ConfigDict] | None
+                 = None, **fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        unknown = set(fields) - set(kind.decorator_fields)
+        if unknown:
+            raise TypeError(f"{kind.decorator}() got unexpected keyword arguments "
+                            f"{', '.join(sorted(unknown))}.")
 
+        def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
+            plugin = Plugin(build=build, api_version=PLUGIN_API_VERSION,
+                            default_config=default_config or ml_collections.ConfigDict,
+                            description=(build.__doc__ or "").strip(), **fields)
+            registry.register(kind.name, name, plugin)
+            return build
 
-def register_model(name: str, *, default_config=None, loss=None):
-    """Decorator: register a model builder in-process as `local:<name>` (notebooks, tests)."""
-    return _register("models", name, default_config, loss=loss)
+        return decorator
 
-
-def register_dataset(name: str, *, default_config=None):
-    """Decorator: register a dataset builder in-process as `local:<name>`."""
-    return _register("datasets", name, default_config)
-
-
-def register_regularizer(name: str, *, default_config=None):
-    """Decorator: register a regularizer builder in-process as `local:<name>`."""
-    return _register("regularizers", name, default_config)
-
-
-def register_optimizer(name: str, *, default_config=None):
-    """Decorator: register an optimizer builder in-process as `local:<name>`."""
-    return _register("optimizers", name, default_config)
+    register.__name__ = register.__qualname__ = kind.decorator
+    extra = "".join(f", {field}=None" for field in kind.decorator_fields)
+    register.__doc__ = (f"Decorator: register a {kind.singular} builder in-process as "
+                        f"`local:<name>` (notebooks, tests).\n\n    {kind.decorator}(name, *, "
+                        f"default_config=None{extra})")
+    return register
 
 
-def register_augmentation(name: str, *, default_config=None):
-    """Decorator: register an augmentation builder in-process as `local:<name>`."""
-    return _register("augmentations", name, default_config)
-
-
-def register_callback(name: str, *, default_config=None):
-    """Decorator: register a callback builder in-process as `local:<name>`."""
-    return _register("callbacks", name, default_config)
+# register_model, register_dataset, ...: one decorator per kind of the table.
+for _kind in kinds_lib.KINDS:
+    globals()[_kind.decorator] = _decorator(_kind)
+del _kind

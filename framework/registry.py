@@ -18,12 +18,13 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from framework import kinds as kinds_lib
 from framework.errors import JaxforgeError
 
 PLUGIN_API_VERSION = 1
 """The plugin contract version. Bumped when a plugin kind's contract changes incompatibly."""
 
-KINDS = ("models", "datasets", "regularizers", "optimizers", "augmentations", "callbacks")
+KINDS = kinds_lib.NAMES  # The plural kind names, from the table in framework.kinds.
 BUILTIN_DISTRIBUTION = "jaxforge"
 LOCAL_DISTRIBUTION = "local"
 
@@ -55,6 +56,11 @@ class PluginInfo:
     @property
     def id(self) -> str:
         return f"{self.distribution}:{self.name}"
+
+    @property
+    def kind_singular(self) -> str:
+        """`model` for a plugin of kind `models`."""
+        return kind_of(self.kind).singular
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -91,7 +97,7 @@ class Registry:
         if self._discovered is not None:
             return self._discovered
         found: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
-        groups = {f"jaxforge.{kind}": kind for kind in KINDS}
+        groups = {kind.group: kind.name for kind in kinds_lib.KINDS}
         autoload = os.environ.get("JAXFORGE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
         for dist in importlib.metadata.distributions():
             try:
@@ -125,7 +131,7 @@ class Registry:
         """Forget discovered plugins so that newly installed distributions are found."""
         self._discovered = None
 
-    def infos(self, kind: str | None = None) -> list[PluginInfo]:
+    def infos(self, kind: str | kinds_lib.Kind | None = None) -> list[PluginInfo]:
         """Every plugin (of one kind, or all), loaded or not, sorted by kind and id."""
         kinds = [check_kind(kind)] if kind else list(KINDS)
         discovered = self._discover()
@@ -134,33 +140,44 @@ class Registry:
 
     # Resolution ------------------------------------------------------------------------------
 
-    def resolve(self, kind: str, name: str) -> PluginInfo:
+    def resolve(self, kind: str | kinds_lib.Kind, name: str) -> PluginInfo:
         """The one plugin that `name` (a bare name or a `dist:name` id) refers to."""
         kind = check_kind(kind)
+        singular = kinds_lib.lookup(kind).singular
         infos = self.infos(kind)
-        if ":" in name:
-            matches = [i for i in infos if i.id == name]
-        else:
-            matches = [i for i in infos if i.name == name]
+        matches = [i for i in infos if _named(i, name)]
         usable = [i for i in matches if i.status != "disabled"]
         if len(usable) == 1:
             return usable[0]
         if len(usable) > 1:
             ids = ", ".join(i.id for i in usable)
             raise PluginError(
-                f"The {kind[:-1]} name {name!r} is ambiguous: it is provided by {ids}. "
+                f"The {singular} name {name!r} is ambiguous: it is provided by {ids}. "
                 f"Use the full id, e.g. {usable[0].id!r}.")
         if matches:
             info = matches[0]
-            raise PluginError(f"The {kind[:-1]} plugin {info.id!r} is disabled ({info.reason}).")
-        candidates = sorted({i.id if ":" in name else i.name for i in infos})
-        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise PluginError(f"The {singular} plugin {info.id!r} is disabled ({info.reason}).")
         installed = ", ".join(i.id for i in infos if i.status != "disabled") or "none"
-        raise PluginError(
-            f"Unknown {kind[:-1]} plugin {name!r}.{hint} Installed {kind}: {installed}.")
+        raise PluginError(f"Unknown {singular} plugin {name!r}.{_did_you_mean(name, infos)} "
+                          f"Installed {kind}: {installed}.")
 
-    def load(self, kind: str, name: str) -> Any:
+    def find(self, name: str, kind: str | kinds_lib.Kind | None = None) -> PluginInfo:
+        """The one plugin `name` (a bare name or a `dist:name` id) refers to, of `kind` or, when
+        `kind` is None, of whichever kind has a plugin of that name; PluginError otherwise."""
+        if kind is not None:
+            return self.resolve(kind, name)
+        found = [k for k in KINDS if any(_named(i, name) for i in self.infos(k))]
+        if not found:
+            hint = _did_you_mean(name, self.infos(), with_kind=True)
+            raise PluginError(f"No plugin named {name!r}.{hint} `jaxforge plugins list` shows "
+                              "them all.")
+        if len(found) > 1:
+            raise PluginError(f"{name!r} names plugins of several kinds ({', '.join(found)}); "
+                              "say which kind (`--kind` in `jaxforge plugins`, (kind, id) in "
+                              "framework.testing).")
+        return self.resolve(found[0], name)
+
+    def load(self, kind: str | kinds_lib.Kind, name: str) -> Any:
         """Import (once) and return the plugin object that `name` refers to."""
         info = self.resolve(kind, name)
         if info.status == "failed":
@@ -168,7 +185,7 @@ class Registry:
         if info.obj is None:
             try:
                 obj = importlib.metadata.EntryPoint(
-                    name=info.name, value=info.entry_point, group=f"jaxforge.{kind}").load()
+                    name=info.name, value=info.entry_point, group=kind_of(kind).group).load()
                 check_contract(info, obj)
             except Exception as error:
                 info.status, info.error = "failed", error
@@ -177,9 +194,6 @@ class Registry:
             info.obj, info.status = obj, "loaded"
             _check_api_version(info)
         return info.obj
-
-    def loaded(self) -> list[PluginInfo]:
-        return [i for i in self.infos() if i.status == "loaded"]
 
     # In-process registration -----------------------------------------------------------------
 
@@ -220,13 +234,36 @@ class Registry:
                 self._local[kind][previous.id] = previous
 
 
-def check_kind(kind: str) -> str:
+def kind_of(kind: str | kinds_lib.Kind) -> kinds_lib.Kind:
+    """The kind called `kind`: plural (`models`), singular (`model`) or a `Kind`; PluginError
+    otherwise."""
+    found = kinds_lib.lookup(kind)
+    if found is None:
+        raise PluginError(f"Unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}.")
+    return found
+
+
+def check_kind(kind: str | kinds_lib.Kind) -> str:
     """The plural kind (`models`) for a kind or its singular (`model`); PluginError otherwise."""
-    if kind in KINDS:
-        return kind
-    if f"{kind}s" in KINDS:  # Accept the singular, as in `--kind model`.
-        return f"{kind}s"
-    raise PluginError(f"Unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}.")
+    return kind_of(kind).name
+
+
+def _named(info: PluginInfo, name: str) -> bool:
+    """Whether `name`, a `dist:name` id or a bare name, names this plugin."""
+    return info.id == name if ":" in name else info.name == name
+
+
+def _did_you_mean(name: str, infos: list[PluginInfo], with_kind: bool = False) -> str:
+    """` Did you mean 'cnn'?` (with the kind: `'cnn' (model)`) for close names, else ``."""
+    label = {}
+    for info in infos:
+        candidate = info.id if ":" in name else info.name
+        label.setdefault(candidate, set()).add(info.kind_singular)
+    close = difflib.get_close_matches(name, sorted(label), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    shown = [repr(c) + (f" ({', '.join(sorted(label[c]))})" if with_kind else "") for c in close]
+    return f" Did you mean {' or '.join(shown)}?"
 
 
 def check_contract(info: PluginInfo, obj: Any) -> None:
@@ -234,8 +271,8 @@ def check_contract(info: PluginInfo, obj: Any) -> None:
     missing = [a for a in _REQUIRED_ATTRIBUTES if not callable(getattr(obj, a, None))]
     if missing:
         raise TypeError(
-            f"{info.entry_point} is a {type(obj).__name__}, not a {info.kind[:-1]} plugin: it has "
-            f"no callable {', '.join(missing)}. Export a framework.Plugin (or an object with "
+            f"{info.entry_point} is a {type(obj).__name__}, not a {info.kind_singular} plugin: it "
+            f"has no callable {', '.join(missing)}. Export a framework.Plugin (or an object with "
             "build() and default_config()).")
 
 
@@ -250,8 +287,9 @@ def _check_api_version(info: PluginInfo) -> None:
 
 def _load_error(info: PluginInfo) -> PluginError:
     return PluginError(
-        f"The {info.kind[:-1]} plugin {info.id!r} failed to load (distribution {info.distribution} "
-        f"{info.version}, entry point {info.name} = {info.entry_point!r}): {info.reason}")
+        f"The {info.kind_singular} plugin {info.id!r} failed to load (distribution "
+        f"{info.distribution} {info.version}, entry point {info.name} = {info.entry_point!r}): "
+        f"{info.reason}")
 
 
 registry = Registry()

@@ -31,7 +31,9 @@ Rule = tuple[re.Pattern, PartitionSpec]
 
 
 def path_text(path: Sequence[Any]) -> str:
-    """A pytree key path as `Dense_0/kernel`: the names parameters.txt shows and rules match."""
+    """A pytree key path as `Dense_0/kernel`: the one text of a parameter's path, which
+    parameters.txt shows, `config.mesh.rules` match and plugins may match (`framework.path_text`).
+    """
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import ml_collections
 
+from framework.config import flatten, is_section
+
 # Events queued before `add_scalar` would wait for the writer thread: far more than a log step
 # adds, so the training loop never blocks on it.
 _MAX_QUEUE = 1000
@@ -50,17 +52,11 @@ def hparams_of(config: ml_collections.ConfigDict) -> dict[str, bool | int | floa
     Tuples become their text (`"(32, 64)"`); unset (None) fields are left out.
     """
     flat: dict[str, Any] = {}
-
-    def visit(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, (dict, ml_collections.ConfigDict)):
-                visit(value, f"{prefix}{key}.")
-            elif isinstance(value, (bool, int, float, str)):
-                flat[prefix + key] = value
-            elif value is not None:
-                flat[prefix + key] = str(tuple(value) if isinstance(value, list) else value)
-
-    visit(config, "")
+    for path, value in flatten(config):
+        if isinstance(value, (bool, int, float, str)):
+            flat[path] = value
+        elif value is not None and not is_section(value):
+            flat[path] = str(tuple(value) if isinstance(value, list) else value)
     return flat
 
 

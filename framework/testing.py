@@ -22,9 +22,12 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -35,7 +38,8 @@ import numpy as np
 import optax
 
 from framework import config as config_lib
-from framework.data import DataSource
+from framework.data import DataSource, batch_problem
+from framework.kinds import AUGMENTATIONS, CALLBACKS, DATASETS, MODELS, OPTIMIZERS, REGULARIZERS
 from framework.model import Model, build_model
 from framework.plugin import Callback, DataContext, DatasetMetadata
 from framework.registry import (
@@ -46,7 +50,7 @@ from framework.registry import (
     PluginError,
     PluginInfo,
     check_contract,
-    check_kind,
+    kind_of,
     registry,
 )
 from framework.state import create_train_state
@@ -55,8 +59,6 @@ PluginSpec = str | tuple[str, Any] | tuple[str, Any, ml_collections.ConfigDict |
 """What `parametrize_with_checks` takes per plugin: an id (its kind is looked up), or
 `(kind, id_or_plugin)`, or `(kind, id_or_plugin, experiment_config)`."""
 
-SECTIONS = {kind: section for section, kind in config_lib.PLUGIN_SECTIONS.items()}
-MAPPINGS = {kind: section for section, kind in config_lib.PLUGIN_MAPPINGS.items()}
 IN_PROCESS_NAME = "plugin_under_check"  # The local name a plugin object is checked under.
 IMPORT_TIMEOUT_S = 300
 
@@ -117,6 +119,7 @@ class CheckResult:
     status: str  # pass | fail | skip
     message: str
     seconds: float
+    traceback: str = ""  # A failure's whole traceback (`jaxforge plugins check --verbose`).
 
     @property
     def passed(self) -> bool:
@@ -126,10 +129,11 @@ class CheckResult:
 _CHECKS: list[Check] = []
 
 
-def _check(name: str, kinds: Iterable[str], wants: str
+def _check(name: str, kinds: Iterable[Any], wants: str
            ) -> Callable[[Callable[[Subject], None]], Callable[[Subject], None]]:
+    """Declare a check of the plugins of `kinds` (names or `framework.kinds.Kind`s)."""
     def register(run: Callable[[Subject], None]) -> Callable[[Subject], None]:
-        _CHECKS.append(Check(name, tuple(kinds), wants, run))
+        _CHECKS.append(Check(name, tuple(kind_of(k).name for k in kinds), wants, run))
         return run
 
     return register
@@ -137,7 +141,7 @@ def _check(name: str, kinds: Iterable[str], wants: str
 
 def checks_for(kind: str) -> list[Check]:
     """The checks a plugin of `kind` must pass, in the order they run."""
-    kind = check_kind(kind)
+    kind = kind_of(kind).name
     return [check for check in _CHECKS if kind in check.kinds]
 
 
@@ -149,7 +153,8 @@ class Subject:
 
     def __init__(self, kind: str, target: Any, config: ml_collections.ConfigDict | None = None,
                  overrides: Sequence[str] | dict[str, str] = ()) -> None:
-        self.kind = check_kind(kind)
+        self.kind_spec = kind_of(kind)
+        self.kind = self.kind_spec.name
         self.target = target
         self.info: PluginInfo | None = None
         if isinstance(target, str):
@@ -184,8 +189,8 @@ class Subject:
         """The resolved experiment, with this plugin in its section."""
         experiment = ml_collections.ConfigDict(
             (tiny_config() if self._experiment is None else self._experiment).to_dict())
-        if self.kind in SECTIONS:
-            section = SECTIONS[self.kind]
+        section = self.kind_spec.section
+        if not self.kind_spec.mapping:
             written = experiment.get(section) or ml_collections.ConfigDict()
             if written.get("name") not in self.aliases:  # Another plugin's fields do not apply.
                 framework_fields = config_lib.base_config()[section].keys()
@@ -194,7 +199,6 @@ class Subject:
             written.name = self.name
             experiment[section] = written
         else:
-            section = MAPPINGS[self.kind]
             written = experiment.get(section) or ml_collections.ConfigDict()
             fields = next((written[k] for k in sorted(self.aliases) if k in written),
                           ml_collections.ConfigDict())
@@ -202,26 +206,31 @@ class Subject:
         with self.registered(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
             resolved = config_lib.resolve_config(experiment, self._overrides)
-        if self.kind in SECTIONS and resolved[SECTIONS[self.kind]].name != self.name:
+        if not self.kind_spec.mapping and resolved[section].name != self.name:
             raise config_lib.ConfigError(
-                f"config.{SECTIONS[self.kind]}.name is the plugin under check, {self.name!r}; "
+                f"config.{section}.name is the plugin under check, {self.name!r}; "
                 "do not override it.")
         return resolved
 
     @property
     def section(self) -> ml_collections.ConfigDict:
         """This plugin's resolved config: what its `build` receives."""
-        if self.kind in SECTIONS:
-            return self.config[SECTIONS[self.kind]]
-        return self.config[MAPPINGS[self.kind]][self.name]
+        section = self.config[self.kind_spec.section]
+        return section[self.name] if self.kind_spec.mapping else section
+
+    @property
+    def section_path(self) -> str:
+        """Where this plugin's fields are in the config: `model`, `regularizers.<name>`."""
+        section = self.kind_spec.section
+        return f"{section}.{self.name}" if self.kind_spec.mapping else section
 
     def build_dataset(self, seed: int | None = None, process_index: int = 0,
                       process_count: int = 1,
                       dataset_config: ml_collections.ConfigDict | None = None) -> DataSource:
         """A fresh source of the experiment's dataset (this plugin, when it is a dataset)."""
         seed = self.config.seed if seed is None else seed
-        plugin = (self.plugin if self.kind == "datasets"
-                  else registry.load("datasets", self.config.dataset.name))
+        plugin = (self.plugin if self.kind_spec is DATASETS
+                  else registry.load(DATASETS, self.config.dataset.name))
         return plugin.build(dataset_config or self.config.dataset,
                             DataContext(seed, process_index, process_count))
 
@@ -235,10 +244,10 @@ class Subject:
         return next(self.build_dataset().train_iterator())
 
     def build_model(self, dtype: Any = jnp.float32) -> Model:
-        plugin = (self.plugin if self.kind == "models"
-                  else registry.load("models", self.config.model.name))
+        plugin = (self.plugin if self.kind_spec is MODELS
+                  else registry.load(MODELS, self.config.model.name))
         return build_model(plugin, self.config.model, self.metadata, jnp.dtype(dtype),
-                           self.label if self.kind == "models" else self.config.model.name)
+                           self.label if self.kind_spec is MODELS else self.config.model.name)
 
     @functools.cached_property
     def model(self) -> Model:
@@ -377,7 +386,7 @@ def _import_leaves_jax_uninitialised(subject: Subject) -> None:
         raise CheckSkipped("registered in-process, not installed with an entry point: there is "
                            "no import to check.")
     module = info.entry_point.split(":")[0]
-    report = _probe_import(info.name, info.entry_point, f"jaxforge.{info.kind}",
+    report = _probe_import(info.name, info.entry_point, kind_of(info.kind).group,
                            tuple(p for p in sys.path if p))
     if "error" in report:
         raise ContractViolation(f"Importing {info.entry_point} in a fresh interpreter failed: "
@@ -413,8 +422,7 @@ def _default_config(subject: Subject) -> None:
     except config_lib.ConfigError as error:
         raise ContractViolation(f"The experiment with the plugin's defaults does not resolve: "
                                 f"{error}") from error
-    section = (SECTIONS[subject.kind] if subject.kind in SECTIONS
-               else f"{MAPPINGS[subject.kind]}.{subject.name}")
+    section = subject.section_path
     typo = "no_such_field_" + (next(iter(first.keys()), "x"))
     experiment = ml_collections.ConfigDict(subject.config.to_dict())
     with subject.registered():
@@ -454,7 +462,7 @@ def _per_example_outputs(subject: Subject, outputs: Any, batch: dict[str, jax.Ar
     _require(_all_finite(outputs), f"In {mode} mode the model's outputs are not all finite.")
 
 
-@_check("model_builds", ["models"],
+@_check("model_builds", [MODELS],
         "build(config, metadata, dtype) returns a flax.linen.Module; or, when build() also "
         "takes `rngs`, it returns a flax.nnx.Module constructed with them.")
 def _model_builds(subject: Subject) -> None:
@@ -464,7 +472,7 @@ def _model_builds(subject: Subject) -> None:
         raise ContractViolation(str(error)) from error
 
 
-@_check("model_init_and_apply", ["models"],
+@_check("model_init_and_apply", [MODELS],
         "under jax.jit, init(rng, a batch of one) and apply(variables, a batch of "
         "metadata.input_shape, train) run in train and eval mode, and give float logits of "
         "shape (batch, num_classes), or, with the plugin's own loss, a per-example loss and "
@@ -492,7 +500,7 @@ def _model_init_and_apply(subject: Subject) -> None:
     _require(updates == {}, f"Eval mode changed collections {sorted(updates)}.")
 
 
-@_check("model_deterministic", ["models"],
+@_check("model_deterministic", [MODELS],
         "building and initialising the model twice with the same rng gives the same "
         "parameters, and the same variables, inputs and rngs give the same outputs, in train "
         "and in eval mode (eval mode needs no rng).")
@@ -512,7 +520,7 @@ def _model_deterministic(subject: Subject) -> None:
              "Eval mode with the same variables and inputs gave different results.")
 
 
-@_check("model_mixed_precision", ["models"],
+@_check("model_mixed_precision", [MODELS],
         "built with the compute dtype bfloat16 (train.precision), the model keeps its "
         "parameters in float32 and gives finite outputs.")
 def _model_mixed_precision(subject: Subject) -> None:
@@ -528,7 +536,7 @@ def _model_mixed_precision(subject: Subject) -> None:
     _require(_all_finite(outputs), "With dtype=bfloat16 the outputs are not all finite.")
 
 
-@_check("model_gradients", ["models"],
+@_check("model_gradients", [MODELS],
         "the loss (the plugin's own, or cross-entropy) is differentiable under jax.jit with "
         "respect to every parameter, with finite gradients of the parameters' structure.")
 def _model_gradients(subject: Subject) -> None:
@@ -549,7 +557,7 @@ def _model_gradients(subject: Subject) -> None:
 # Datasets -------------------------------------------------------------------------------------
 
 
-@_check("dataset_builds", ["datasets"],
+@_check("dataset_builds", [DATASETS],
         "build(config, context) returns a DataSource: `metadata` (a framework.DatasetMetadata), "
         "train_iterator() and eval_batches().")
 def _dataset_builds(subject: Subject) -> None:
@@ -563,28 +571,11 @@ def _dataset_builds(subject: Subject) -> None:
 
 
 def _check_batch(batch: Any, size: int, metadata: DatasetMetadata, what: str) -> None:
-    _require(isinstance(batch, dict), f"A {what} is a {type(batch).__name__}, not a dict.")
-    _require({"inputs", "label"} <= set(batch),
-             f"A {what} has the keys {sorted(batch)}; it needs `inputs` and `label`.")
-    for key, value in batch.items():
-        _require(isinstance(value, np.ndarray), f"{what}[{key!r}] is a {type(value).__name__}; "
-                 "batches are numpy arrays (the trainer places them on the devices).")
-        _require(value.shape[:1] == (size,), f"{what}[{key!r}] has shape {value.shape}; its "
-                 f"leading dimension must be this process's batch size {size}.")
-    inputs, label = batch["inputs"], batch["label"]
-    _require(inputs.shape[1:] == tuple(metadata.input_shape),
-             f"{what}['inputs'] has examples of shape {inputs.shape[1:]}, but the metadata "
-             f"promises input_shape={tuple(metadata.input_shape)}.")
-    _require(inputs.dtype == np.dtype(metadata.input_dtype),
-             f"{what}['inputs'] is {inputs.dtype}, but the metadata promises "
-             f"input_dtype={metadata.input_dtype!r}.")
-    if np.issubdtype(label.dtype, np.integer) and metadata.num_classes > 0:
-        _require(bool(np.all((label >= 0) & (label < metadata.num_classes))),
-                 f"{what}['label'] has values outside [0, num_classes={metadata.num_classes}): "
-                 f"{np.unique(label[(label < 0) | (label >= metadata.num_classes)])[:5]}.")
+    problem = batch_problem(batch, metadata, size, what)
+    _require(problem is None, problem)
 
 
-@_check("dataset_train_batches", ["datasets"],
+@_check("dataset_train_batches", [DATASETS],
         "train batches are dicts of numpy arrays of this process's batch size, with `inputs` of "
         "metadata.input_shape and input_dtype and `label` (integer classes in "
         "[0, num_classes)).")
@@ -595,7 +586,7 @@ def _dataset_train_batches(subject: Subject) -> None:
         _check_batch(batch, size, subject.metadata, "train batch")
 
 
-@_check("dataset_eval_batches", ["datasets"],
+@_check("dataset_eval_batches", [DATASETS],
         "eval batches all have one shape (this process's eval batch size), the train batches' "
         "keys plus a boolean `mask`, and their masked-in rows are metadata.num_eval examples.")
 def _dataset_eval_batches(subject: Subject) -> None:
@@ -618,7 +609,7 @@ def _dataset_eval_batches(subject: Subject) -> None:
              f"examples; the metadata promises num_eval={subject.metadata.num_eval}.")
 
 
-@_check("dataset_deterministic", ["datasets"],
+@_check("dataset_deterministic", [DATASETS],
         "two sources built with the same seed give the same train batches and eval batches.")
 def _dataset_deterministic(subject: Subject) -> None:
     first, second = subject.build_dataset(), subject.build_dataset()
@@ -631,7 +622,7 @@ def _dataset_deterministic(subject: Subject) -> None:
                  f"with seed {subject.config.seed}.")
 
 
-@_check("dataset_shards", ["datasets"],
+@_check("dataset_shards", [DATASETS],
         "with 2 processes, each process gets half of every global batch and together they get "
         "exactly the batch one process gets: shards never overlap and never miss an example "
         "(for train batches and the masked-in eval examples).")
@@ -660,7 +651,7 @@ def _dataset_shards(subject: Subject) -> None:
              "the eval examples one process gets (they overlap, or miss examples).")
 
 
-@_check("dataset_restorable", ["datasets"],
+@_check("dataset_restorable", [DATASETS],
         "train_iterator().get_state() is JSON-serialisable, and a new iterator given it with "
         "set_state() yields exactly the batches the original yields next.")
 def _dataset_restorable(subject: Subject) -> None:
@@ -693,7 +684,7 @@ def _check_transformation(tx: optax.GradientTransformation, params: Any, what: s
     return updates
 
 
-@_check("regularizer_builds", ["regularizers"],
+@_check("regularizer_builds", [REGULARIZERS],
         "build(config) returns either a penalty f(params, batch, outputs) -> scalar, whose "
         "default_config() then has a `weight` field, or an optax.GradientTransformation.")
 def _regularizer_builds(subject: Subject) -> None:
@@ -705,7 +696,7 @@ def _regularizer_builds(subject: Subject) -> None:
              "has no `weight` field to scale it with.")
 
 
-@_check("regularizer_under_jit", ["regularizers"],
+@_check("regularizer_under_jit", [REGULARIZERS],
         "a penalty gives a finite float scalar under jax.jit(jax.grad(...)) with finite "
         "gradients of the parameters' structure; a transformation's init and update run under "
         "jax.jit and give finite updates of the parameters' structure, shapes and dtypes.")
@@ -726,7 +717,7 @@ def _regularizer_under_jit(subject: Subject) -> None:
     _require(_all_finite(grads), "The penalty's gradients are not all finite.")
 
 
-@_check("optimizer_builds", ["optimizers"],
+@_check("optimizer_builds", [OPTIMIZERS],
         "build(config, num_steps) returns an optax.GradientTransformation.")
 def _optimizer_builds(subject: Subject) -> None:
     tx = subject.plugin.build(subject.section, 100)
@@ -734,7 +725,7 @@ def _optimizer_builds(subject: Subject) -> None:
              f"build() returned a {type(tx).__name__}.")
 
 
-@_check("optimizer_updates", ["optimizers"],
+@_check("optimizer_updates", [OPTIMIZERS],
         "init and update run under jax.jit and give finite updates of the parameters' "
         "structure, shapes and dtypes; the same inputs give the same updates.")
 def _optimizer_updates(subject: Subject) -> None:
@@ -748,14 +739,14 @@ def _optimizer_updates(subject: Subject) -> None:
 # Augmentations --------------------------------------------------------------------------------
 
 
-@_check("augmentation_builds", ["augmentations"],
+@_check("augmentation_builds", [AUGMENTATIONS],
         "build(config) returns a function (rng, batch) -> batch.")
 def _augmentation_builds(subject: Subject) -> None:
     augment = subject.plugin.build(subject.section)
     _require(callable(augment), f"build() returned a {type(augment).__name__}.")
 
 
-@_check("augmentation_keeps_batch", ["augmentations"],
+@_check("augmentation_keeps_batch", [AUGMENTATIONS],
         "under jax.jit, the augmented batch keeps every key of the batch with its shape and "
         "dtype (it may add per-example keys, as mixup adds `label_b` and `label_weight`), and "
         "the same rng gives the same augmented batch.")
@@ -784,7 +775,7 @@ def _augmentation_keeps_batch(subject: Subject) -> None:
 # Callbacks ------------------------------------------------------------------------------------
 
 
-@_check("callback_builds", ["callbacks"],
+@_check("callback_builds", [CALLBACKS],
         "build(config) returns a framework.Callback: hooks on_log, on_eval, on_checkpoint, "
         "final_state and on_end, and a bool `stop_training`.")
 def _callback_builds(subject: Subject) -> None:
@@ -797,7 +788,7 @@ def _callback_builds(subject: Subject) -> None:
              f"{type(callback).__name__}.stop_training is not a bool.")
 
 
-@_check("callback_hooks_run", ["callbacks"],
+@_check("callback_hooks_run", [CALLBACKS],
         "every hook accepts what the training loop passes (step, metrics, train state; the "
         "summary at the end) without raising; final_state returns a state of the train state's "
         "structure; stop_training stays a bool.")
@@ -806,7 +797,7 @@ def _callback_hooks_run(subject: Subject) -> None:
     if not isinstance(callback, Callback):
         _callback_builds(subject)
     model = subject.model
-    tx = registry.load("optimizers", subject.config.optimizer.name).build(
+    tx = registry.load(OPTIMIZERS, subject.config.optimizer.name).build(
         subject.config.optimizer, subject.config.train.num_steps or 100)
     example = jnp.asarray(subject.batch["inputs"][:1])
     state = jax.jit(lambda rng: create_train_state(model, tx, rng, example))(
@@ -826,9 +817,56 @@ def _callback_hooks_run(subject: Subject) -> None:
 # Running checks -------------------------------------------------------------------------------
 
 
+def _internal_directories() -> tuple[str, ...]:
+    """Where the framework, the libraries under it and Python's standard library live."""
+    directories = [str(Path(__file__).parent)]
+    for package in _INTERNAL_PACKAGES:
+        module = sys.modules.get(package)
+        if module is not None and getattr(module, "__file__", None):
+            directories.append(str(Path(module.__file__).parent))
+    return tuple(os.path.join(d, "") for d in directories)
+
+
+_INTERNAL_PACKAGES = ("jax", "jaxlib", "flax", "optax", "ml_collections", "numpy")
+_STANDARD_LIBRARY = os.path.join(sysconfig.get_paths()["stdlib"], "")
+
+
+def _is_internal(filename: str, internal: tuple[str, ...]) -> bool:
+    if filename.startswith(internal):
+        return True
+    return (filename.startswith(_STANDARD_LIBRARY)  # Not a package installed under it.
+            and not any(part in filename for part in ("site-packages", "dist-packages")))
+
+
+def plugin_frames(error: BaseException, count: int = 3) -> list[traceback.FrameSummary]:
+    """The innermost `count` frames of a plugin's crash that lie outside the framework, JAX,
+    Flax, Optax, NumPy and the standard library: the plugin's own code. Of a chained exception,
+    the innermost cause with such frames."""
+    chain, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    internal = _internal_directories()
+    for exception in reversed(chain):
+        frames = [frame for frame in traceback.extract_tb(exception.__traceback__)
+                  if not _is_internal(os.path.abspath(frame.filename), internal)]
+        if frames:
+            return frames[-count:]
+    return []
+
+
+def format_plugin_frames(error: BaseException, count: int = 3) -> str:
+    """`plugin_frames` as a traceback shows them: file, line, function and the source line."""
+    return "".join(traceback.format_list(plugin_frames(error, count)))
+
+
+
 def _run(check: Check, subject: Subject) -> CheckResult:
     started = time.perf_counter()
-    status, message = "pass", ""
+    status, message, failure = "pass", "", None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginAPIVersionWarning)
@@ -836,12 +874,17 @@ def _run(check: Check, subject: Subject) -> CheckResult:
     except CheckSkipped as skipped:
         status, message = "skip", str(skipped)
     except ContractViolation as violation:
-        status, message = "fail", f"{violation}\nThe contract: {check.wants}"
+        status, message, failure = "fail", f"{violation}\nThe contract: {check.wants}", violation
     except Exception as error:  # A crash inside the plugin is a failure of this check.
-        status = "fail"
-        message = f"It raised {type(error).__name__}: {error}\nThe contract: {check.wants}"
+        where = format_plugin_frames(error)
+        status, failure = "fail", error
+        message = (f"It raised {type(error).__name__}: {error}\n"
+                   + (f"In the plugin's code (innermost last):\n{where}" if where else "")
+                   + f"The contract: {check.wants}")
+    details = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__)
+                      ) if failure is not None else ""
     return CheckResult(subject.label, subject.kind, check.name, status, message,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, details)
 
 
 def run_checks(kind: str, plugin: Any, config: ml_collections.ConfigDict | None = None,
@@ -895,18 +938,7 @@ class BoundCheck:
 
 def plugin_kind(plugin_id: str) -> str:
     """The kind of the one installed plugin `plugin_id` names; PluginError if none or several."""
-    found = []
-    for kind in KINDS:
-        try:
-            found.append(registry.resolve(kind, plugin_id).kind)
-        except PluginError:
-            continue
-    if len(found) != 1:
-        raise PluginError(
-            f"{plugin_id!r} names plugins of the kinds {', '.join(found)}; give (kind, id)."
-            if found else f"No plugin named {plugin_id!r} of any kind is installed; "
-                          "`jaxforge plugins list` shows them all.")
-    return found[0]
+    return registry.find(plugin_id).kind
 
 
 def parametrize_with_checks(plugins: Sequence[PluginSpec]) -> Any:
@@ -937,7 +969,9 @@ __all__ = [
     "ContractViolation",
     "check_plugin",
     "checks_for",
+    "format_plugin_frames",
     "parametrize_with_checks",
+    "plugin_frames",
     "plugin_kind",
     "run_checks",
     "tiny_config",

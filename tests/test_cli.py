@@ -97,6 +97,8 @@ def test_plugins_list_show_and_config_show(experiment, capsys):
     assert "entry point:  plugins.models.cnn:plugin" in shown and "conv_features = (32,)" in shown
     assert main(["plugins", "show", "nosuch"]) == 2
     assert "No plugin named 'nosuch'" in capsys.readouterr().err
+    assert main(["plugins", "show", "cnnn"]) == 2
+    assert "No plugin named 'cnnn'. Did you mean 'cnn' (model) or " in capsys.readouterr().err
     assert main(["config", "show", "--config", experiment, "--config.seed=3"]) == 0
     resolved = capsys.readouterr().out
     assert "seed = 3" in resolved and "model.hidden_sizes = (16,)" in resolved

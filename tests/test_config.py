@@ -136,3 +136,13 @@ def test_resolved_config_round_trips_through_json(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(config_lib.to_json(config))
     assert config_lib.from_json_file(path).to_dict() == config.to_dict()
+
+
+def test_one_flattening_serves_format_config_hparams_and_key_suggestions():
+    from framework.config import flatten, format_config
+    from framework.tensorboard_log import hparams_of
+
+    config = ml_collections.ConfigDict({"a": {"b": 1, "c": (2, 3), "e": {}}, "d": None})
+    assert [path for path, _ in flatten(config)] == ["a", "a.b", "a.c", "a.e", "d"]
+    assert format_config(config) == "a.b = 1\na.c = (2, 3)\na.e = {}\nd = None"
+    assert hparams_of(config) == {"a.b": 1, "a.c": "(2, 3)"}

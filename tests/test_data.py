@@ -4,8 +4,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from framework.data import ArraySource
-from framework.errors import ConfigError
+import framework
+from framework.data import ArraySource, CheckedIterator, batch_problem, check_batch
+from framework.errors import ConfigError, JaxforgeError
 from framework.plugin import DataContext, DatasetMetadata
 
 
@@ -74,3 +75,47 @@ def test_eval_counts_every_example_exactly_once(process_count):
 def test_batch_that_does_not_split_over_processes_is_a_config_error():
     with pytest.raises(ConfigError, match="config.dataset.batch_size=9 does not split over 2"):
         source(0, 2, batch_size=9).train_iterator()
+
+
+class Batches:
+    def __init__(self, *batches):
+        self.batches = iter(batches)
+
+    def __next__(self):
+        return next(self.batches)
+
+
+@pytest.mark.parametrize("batch, problem", [
+    ({"inputs": np.zeros((4, 2), np.float32), "label": np.zeros(4, np.int32)},
+     "train batch['inputs'] has examples of shape (2,), but the metadata promises "
+     "input_shape=(1,)."),
+    ({"inputs": np.zeros((4, 1), np.float32), "label": np.arange(8, 12, dtype=np.int32)},
+     "train batch['label'] has values outside [0, num_classes=10): [10 11]."),
+    ({"inputs": np.zeros((4, 1), np.float64), "label": np.zeros(4, np.int32)},
+     "train batch['inputs'] is float64, but the metadata promises input_dtype='float32'."),
+    ({"inputs": np.zeros((4, 1), np.float32)}, "it needs `inputs` and `label`"),
+    ({"inputs": np.zeros((4, 1), np.float32), "label": np.zeros(3, np.int32)},
+     "train batch['label'] has shape (3,); its leading dimension must be this process's batch "
+     "size 4."),
+])
+def test_the_loop_and_the_conformance_checks_apply_one_set_of_batch_rules(batch, problem):
+    metadata = DatasetMetadata((1,), 10, 20, 20)
+    assert problem in batch_problem(batch, metadata, size=4)
+    with pytest.raises(JaxforgeError) as error:
+        next(CheckedIterator(Batches(batch), metadata, "mine"))
+    assert str(error.value).startswith("Dataset plugin 'mine' yielded a train batch that breaks "
+                                       "the dataset contract: ")
+    assert problem in str(error.value)
+
+
+def test_eval_batches_pass_the_batch_rules():
+    data = source(process_count=1)
+    for batch in data.eval_batches():
+        check_batch(batch, DatasetMetadata((1,), 21, 20, 21), "mine", "eval batch")
+
+
+def test_eval_positions_pad_the_last_global_batch_and_mask_it():
+    # 10 examples, global eval batch 4 over 2 processes: 3 batches, the last half padding.
+    positions, mask = framework.eval_positions(np.arange(6), 4, 2, 1, 10)
+    assert positions.tolist() == [2, 3, 6, 7, 0, 0]
+    assert mask.tolist() == [True, True, True, True, False, False]

@@ -39,3 +39,12 @@ def test_a_run_writes_the_overview_with_the_models_total(tmp_path, tiny):
     assert [line.split()[0] for line in table[1:-1]] == [
         "Dense_0/bias", "Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]
     assert all(line.split()[-1] == "replicated" for line in table[1:-1])
+
+
+def test_rows_name_parameters_as_the_sharding_rules_match_them():
+    params = {"blocks": [{"kernel": jnp.zeros((2, 2))}], "head": {"bias": jnp.zeros((2,))}}
+    paths = [framework.path_text(path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert paths == ["blocks/0/kernel", "head/bias"]
+    rows = parameter_table(params).splitlines()[1:-1]
+    assert [row.split()[0] for row in rows] == paths

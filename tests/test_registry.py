@@ -178,3 +178,47 @@ def test_plugins_list_imports_no_plugin_and_no_jax():
     assert result.stdout.strip().endswith("[]")
     assert '"id": "jaxforge:cnn"' in result.stdout
 
+
+
+def test_find_a_plugin_of_any_kind(third_party):
+    assert third_party.find("tinyset").kind == "datasets"
+    assert third_party.find("cnn", kind="model").id == "jaxforge:cnn"
+    with pytest.raises(PluginError, match="'tiny' is ambiguous"):
+        third_party.find("tiny")  # Two distributions provide the model `tiny`.
+    with pytest.raises(PluginError, match=r"No plugin named 'tinyst'\. Did you mean 'tinyset' "
+                                          r"\(dataset\) or"):
+        third_party.find("tinyst")
+    with pytest.raises(PluginError, match=r"Did you mean 'acme_plugins:tinyset' \(dataset\) or"):
+        third_party.find("acme_plugins:tinyst")
+    plugin = third_party.load("models", "acme_plugins:tiny")
+    with third_party.registered("datasets", "cnn", plugin), pytest.raises(
+            PluginError, match=r"'cnn' names plugins of several kinds \(models, datasets\)"):
+        third_party.find("cnn")
+
+
+def test_every_kind_comes_from_the_one_table():
+    import framework
+    from framework import config, kinds
+    from framework.cli import _parser
+    from framework.registry import KINDS
+
+    assert KINDS == kinds.NAMES == tuple(kind.name for kind in kinds.KINDS)
+    base = config.base_config()
+    table = kinds.build_table()
+    for kind in kinds.KINDS:
+        assert kinds.lookup(kind.singular) is kinds.lookup(kind.name) is kind
+        assert callable(getattr(framework, kind.decorator))
+        assert kind.section in base and ("name" in base[kind.section]) != kind.mapping
+        assert f"| {kind.name} " in table
+    assert max(len(line) for line in framework.plugin.__doc__.splitlines()) <= 100
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["plugins", "list", "--kind", "widgets"])
+    assert _parser().parse_args(["plugins", "list", "--kind", "augmentation"]).kind
+
+
+def test_a_decorator_accepts_only_its_kinds_fields():
+    import framework
+
+    with pytest.raises(TypeError, match="register_dataset\\(\\) got unexpected keyword "
+                                        "arguments loss"):
+        framework.register_dataset("data", loss=lambda outputs, batch: None)

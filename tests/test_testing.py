@@ -80,6 +80,40 @@ def test_wrong_output_shape_fails_and_says_what_is_wanted():
     assert "The contract: under jax.jit" in message
 
 
+def _layer_named(config):
+    name = config.layer  # A str where the plugin expected a class.
+    return name(4)  # The line the failure must point at.
+
+
+def crashing_build(config, metadata, dtype):
+    return _layer_named(config)
+
+
+CRASH_LINE = _layer_named.__code__.co_firstlineno + 2
+
+
+def test_a_plugin_that_crashes_shows_where_in_its_own_code():
+    crashing = model_plugin(crashing_build, layer="dense")
+    message = failures("models", crashing)["model_builds"]
+    assert message.startswith("It raised TypeError: 'str' object is not callable\n")
+    assert f'test_testing.py", line {CRASH_LINE}, in _layer_named\n' in message
+    assert "    return name(4)" in message and "in crashing_build" in message
+    assert "framework/model.py" not in message  # The framework's own frames are left out.
+    with pytest.raises(ConformanceError, match=f"test_testing.py\", line {CRASH_LINE}"):
+        check_plugin("models", crashing)
+
+
+def test_plugins_check_shows_the_crash_and_with_verbose_the_whole_traceback(capsys):
+    with registry.registered("models", "crashing", model_plugin(crashing_build, layer="x")):
+        assert main(["plugins", "check", "local:crashing"]) == 1
+        out = capsys.readouterr().out
+        assert f'test_testing.py", line {CRASH_LINE}, in _layer_named' in out
+        assert "Traceback (most recent call last)" not in out
+        assert main(["plugins", "check", "local:crashing", "--verbose"]) == 1
+        out = capsys.readouterr().out
+        assert "Traceback (most recent call last)" in out and "framework/model.py" in out
+
+
 def test_params_in_the_compute_dtype_fail_mixed_precision():
     half = model_plugin(lambda config, metadata, dtype: Linear(metadata.num_classes, dtype))
     assert "parameters are ['bfloat16']; keep them float32" in failures("models", half)[
@@ -286,7 +320,7 @@ def test_a_plugin_that_starts_jax_at_import_fails(broken_distribution):
 def test_unknown_and_ambiguous_ids_are_errors():
     with pytest.raises(PluginError, match="Did you mean 'resnet'"):
         run_checks("models", "resnt")
-    with pytest.raises(PluginError, match="No plugin named 'nothing' of any kind"):
+    with pytest.raises(PluginError, match="No plugin named 'nothing'"):
         parametrize_with_checks(["nothing"])
 
 
@@ -310,7 +344,7 @@ def test_plugins_check_exits_1_naming_the_failures(broken_distribution, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["nosuch"], "No plugin named 'nosuch' of any kind"),
+    (["nosuch"], "No plugin named 'nosuch'. `jaxforge plugins list` shows them all."),
     (["nosuch:*"], "No installed plugin matches 'nosuch:*'"),
     (["cnn", "--config", "missing.py"], "Config file 'missing.py' does not exist"),
     (["cnn", "--config.model"], "--config.model has no value"),

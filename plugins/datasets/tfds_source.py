@@ -84,15 +84,6 @@ class Preprocess:
         return {"inputs": image, "label": np.int32(example[self.label_key])}
 
 
-def eval_positions(indices: np.ndarray, global_batch: int, local_batch: int,
-                   process_index: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local eval indices -> positions in the split (0 where padded) and the mask of real ones."""
-    batch, row = np.divmod(indices, local_batch)
-    positions = batch * global_batch + process_index * local_batch + row
-    mask = positions < num_examples
-    return np.where(mask, positions, 0), mask
-
-
 class GatherBatch:
     """A batch of indices -> those rows of in-memory arrays (picklable for workers)."""
 
@@ -123,7 +114,7 @@ class EvalBatch:
         self.layout = (global_batch, local_batch, process_index, num_examples)
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        positions, mask = eval_positions(np.asarray(indices), *self.layout)
+        positions, mask = framework.eval_positions(np.asarray(indices), *self.layout)
         return {**self.read(positions), "mask": mask}
 
 
