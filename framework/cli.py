@@ -151,15 +151,10 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
 
 
-def _find(name: str, kind: str | None) -> PluginInfo:
-    """The one plugin `name` refers to, of `kind` or of any kind (`Registry.find`)."""
-    return registry.find(name, kind)
-
-
 def _plugins_show(name: str, kind: str | None) -> None:
-    info = _find(name, kind)
+    info = registry.find(name, kind)
     plugin = registry.load(info.kind, info.id)
-    print(f"id:           {info.id}\nkind:         {info.kind[:-1]}\n"
+    print(f"id:           {info.id}\nkind:         {info.kind_singular}\n"
           f"distribution: {info.distribution} {info.version}\n"
           f"entry point:  {info.entry_point}\nstatus:       {info.status}"
           + (f" ({info.reason})" if info.reason else ""))
@@ -182,7 +177,7 @@ def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
     infos = []
     for name in ids:
         if "*" not in name:
-            infos.append(_find(name, kind))
+            infos.append(registry.find(name, kind))
             continue
         matched = [i for i in registry.infos(kind) if fnmatch.fnmatch(i.id, name)
                    and i.status != "disabled"]

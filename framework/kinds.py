@@ -49,16 +49,18 @@ MODELS = Kind(
     ))
 DATASETS = Kind(
     "datasets", "dataset", "dataset", mapping=False, builds=(
-        ("(config, context: DataContext)", "a `framework.data.DataSource`"),
+        ("(config, context: DataContext)", "a `framework.DataSource`"),
     ))
 REGULARIZERS = Kind(
     "regularizers", "regularizer", "regularizers", mapping=True, builds=(
         ("(config)", "`penalty(params, batch, outputs) -> scalar` (scaled by `config.weight`) "
-                     "or an `optax.GradientTransformation`"),
+                     "or an `optax.GradientTransformation` (chained after the optimizer; its "
+                     "state may hold a `framework.LoggedState` of metrics to log)"),
     ))
 OPTIMIZERS = Kind(
     "optimizers", "optimizer", "optimizer", mapping=False, builds=(
-        ("(config, num_steps: int)", "an `optax.GradientTransformation`"),
+        ("(config, num_steps: int)", "an `optax.GradientTransformation` (its state may hold "
+                                     "a `framework.LoggedState` of metrics to log)"),
     ))
 AUGMENTATIONS = Kind(
     "augmentations", "augmentation", "augmentations", mapping=True, builds=(

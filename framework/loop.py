@@ -30,8 +30,8 @@ import numpy as np
 import optax
 
 from framework import config as config_lib
+from framework import kinds, nonfinite
 from framework import mesh as mesh_lib
-from framework import nonfinite
 from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
@@ -84,7 +84,7 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
     mesh = mesh_lib.make_mesh(config_lib.mesh_sizes(config))
     context = DataContext(seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count())
-    data = registry.load("datasets", config.dataset.name).build(config.dataset, context)
+    data = registry.load(kinds.DATASETS, config.dataset.name).build(config.dataset, context)
     metadata = data.metadata
     mesh_lib.check_batch_fits(config.dataset.batch_size, mesh, "dataset.batch_size")
     if config.train.accumulation_steps > 1:
@@ -95,14 +95,14 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
     num_steps = config.train.num_steps or math.ceil(
         config.train.num_epochs * metadata.num_train / config.dataset.batch_size)
 
-    model = build_model(registry.load("models", config.model.name), config.model, metadata,
+    model = build_model(registry.load(kinds.MODELS, config.model.name), config.model, metadata,
                         jnp.dtype(config.train.precision), config.model.name)
 
-    optimizer = registry.load("optimizers", config.optimizer.name).build(config.optimizer,
+    optimizer = registry.load(kinds.OPTIMIZERS, config.optimizer.name).build(config.optimizer,
                                                                           num_steps)
     penalties, transforms = {}, []
     for name, section in config.regularizers.items():
-        regularizer = registry.load("regularizers", name).build(section)
+        regularizer = registry.load(kinds.REGULARIZERS, name).build(section)
         if isinstance(regularizer, optax.GradientTransformation):
             transforms.append(regularizer)
         elif "weight" in section:
@@ -111,9 +111,9 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
             raise ConfigError(f"config.regularizers.{name}: a penalty regularizer needs a "
                               "`weight` field in its default_config().")
     tx = update_rule(optimizer, transforms, config.train)
-    augmentations = [registry.load("augmentations", name).build(section)
+    augmentations = [registry.load(kinds.AUGMENTATIONS, name).build(section)
                      for name, section in config.augmentations.items()]
-    callbacks = [registry.load("callbacks", name).build(section)
+    callbacks = [registry.load(kinds.CALLBACKS, name).build(section)
                  for name, section in config.callbacks.items()]
 
     example = jnp.zeros((1, *metadata.input_shape), metadata.input_dtype)

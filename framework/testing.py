@@ -401,8 +401,8 @@ def _api_version(subject: Subject) -> None:
     version = getattr(subject.plugin, "api_version", None)
     _require(version == PLUGIN_API_VERSION,
              f"The plugin declares api_version={version!r}; this jaxforge implements "
-             f"{PLUGIN_API_VERSION}. Check the contract of version {PLUGIN_API_VERSION} (README, "
-             "'Writing a plugin'), update the plugin, then set api_version to it.")
+             f"{PLUGIN_API_VERSION}. Check the contract of version {PLUGIN_API_VERSION} "
+             "(docs/plugins.md), update the plugin, then set api_version to it.")
 
 
 @_check("default_config", KINDS,

@@ -56,7 +56,7 @@ def _selection_mask(params: Any, config: ml_collections.ConfigDict) -> Any:
     def chosen(path: Any, leaf: jax.Array) -> bool:
         if config.exclude_biases_and_norms and leaf.ndim <= 1:
             return False
-        return bool(pattern.search("/".join(str(getattr(k, "key", k)) for k in path)))
+        return bool(pattern.search(framework.path_text(path)))
 
     return jax.tree_util.tree_map_with_path(chosen, params)
 

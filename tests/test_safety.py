@@ -171,9 +171,10 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path, tiny):
 
 
 @pytest.mark.parametrize("corrupt, message", [
-    ({"inputs": lambda x: x[:, :2]}, "yielded inputs of shape (32, 2, 4, 1), but its metadata "
-                                     "promises examples of shape (4, 4, 1)"),
-    ({"label": lambda y: y + 10}, "yielded labels in [10, 13], outside [0, 3]"),
+    ({"inputs": lambda x: x[:, :2]}, "train batch['inputs'] has examples of shape (2, 4, 1), "
+                                     "but the metadata promises input_shape=(4, 4, 1)"),
+    ({"label": lambda y: y + 10}, "train batch['label'] has values outside [0, num_classes=4): "
+                                  "[10 11 12 13]"),
 ])
 def test_dataset_breaking_its_metadata_is_named(tmp_path, tiny, corrupt, message):
     synthetic = framework.registry.load("datasets", "synthetic")

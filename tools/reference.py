@@ -7,6 +7,8 @@
 built-in plugin's fields (the entry points of the installed `jaxforge` distribution), grouped by
 kind: field, type, default and meaning (from `framework.fields`). `cli.md`: every command and
 subcommand of `framework.cli._parser()` with every flag, its help text and epilog.
+`plugin-kinds.md`: the table of plugin kinds (`framework.kinds`) with each kind's conformance
+checks (`framework.testing`).
 `tests/test_reference.py` fails when the committed pages differ from what this script writes.
 """
 
@@ -26,8 +28,8 @@ if str(ROOT) not in sys.path:  # Document this checkout's code, whatever is inst
 import ml_collections  # noqa: E402
 from ml_collections.config_dict import FieldReference  # noqa: E402
 
-from framework import cli, config, scaffold  # noqa: E402
-from framework.registry import BUILTIN_DISTRIBUTION, KINDS  # noqa: E402
+from framework import cli, config, kinds, scaffold, testing  # noqa: E402
+from framework.registry import BUILTIN_DISTRIBUTION  # noqa: E402
 
 REGENERATE = "python tools/reference.py"
 
@@ -85,19 +87,11 @@ def _field_rows(section: ml_collections.ConfigDict, prefix: str, meanings: dict[
 FIELD_HEADER = ("field", "type", "default", "meaning")
 
 
-def builtin_plugins() -> dict[str, list[tuple[str, Any]]]:
+def builtin_plugins() -> dict[kinds.Kind, list[tuple[str, Any]]]:
     """kind -> [(name, plugin)] of every plugin the jaxforge distribution declares, by name."""
     entry_points = importlib.metadata.distribution(BUILTIN_DISTRIBUTION).entry_points
     return {kind: [(ep.name, ep.load()) for ep in sorted(entry_points, key=lambda e: e.name)
-                   if ep.group == f"jaxforge.{kind}"] for kind in KINDS}
-
-
-def _section_of(kind: str) -> tuple[str, bool]:
-    """The config section a plugin of `kind` is configured in; True when it maps names."""
-    for section, of_kind in config.PLUGIN_SECTIONS.items():
-        if of_kind == kind:
-            return section, False
-    return next(s for s, k in config.PLUGIN_MAPPINGS.items() if k == kind), True
+                   if ep.group == kind.group] for kind in kinds.KINDS}
 
 
 def config_reference() -> str:
@@ -123,15 +117,16 @@ def config_reference() -> str:
         rows = _field_rows(value, name + ".", section_meanings)
         if rows:
             lines += [*_table(FIELD_HEADER, rows), ""]
-        kind = config.PLUGIN_SECTIONS.get(name) or config.PLUGIN_MAPPINGS.get(name)
+        kind = next((k for k in kinds.KINDS if k.section == name), None)
         if kind:
-            lines += [f"The {kind[:-1]} plugins' own fields: [{kind}](#{kind}).", ""]
+            lines += [f"The {kind.singular} plugins' own fields: [{kind.name}](#{kind.name}).",
+                      ""]
     lines += ["## Built-in plugins", "",
               "Each is `jaxforge:NAME`; a config names it by `NAME` when no other installed "
               "package provides that name.", ""]
     for kind, plugins in builtin_plugins().items():
-        section, mapped = _section_of(kind)
-        lines += [f"### {kind.capitalize()}", ""]
+        section, mapped = kind.section, kind.mapping
+        lines += [f"### {kind.name.capitalize()}", ""]
         if mapped:
             lines += [f"Named as keys of `{section}`, e.g. `{section}.NAME.FIELD`; several may be "
                       "given.", ""]
@@ -251,11 +246,36 @@ def cli_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# plugin-kinds.md -------------------------------------------------------------------------------
+
+
+def kinds_reference() -> str:
+    lines = _header("Plugin kinds", "`framework.kinds` and `framework.testing`")
+    lines += ["What a plugin of each kind is declared as, configured in, built with, and checked "
+              "for. How to write one: [plugins.md](../plugins.md).", ""]
+    rows = []
+    for kind in kinds.KINDS:
+        section = f"`{kind.section}.NAME.FIELD`" if kind.mapping else f"`{kind.section}.name`"
+        builds = "<br>".join(f"`build{_cell(params)}` → {_text(returns)}"
+                             for params, returns in kind.builds)
+        rows.append((f"`{kind.name}`", _code(kind.group), section, builds,
+                     _code(f"framework.{kind.decorator}")))
+    lines += [*_table(("kind", "entry-point group", "config", "build", "in-process"), rows), ""]
+    lines += ["## Conformance checks", "",
+              "`jaxforge plugins check ID` and `framework.testing.check_plugin` run these, in "
+              "this order, on a plugin of each kind.", ""]
+    for kind in kinds.KINDS:
+        rows = [(_code(check.name), _text(check.wants)) for check in testing.checks_for(kind.name)]
+        lines += [f"### `{kind.name}`", "", *_table(("check", "the contract"), rows), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 # Writing and checking --------------------------------------------------------------------------
 
 PAGES: dict[str, Callable[[], str]] = {
     "docs/reference/config.md": config_reference,
     "docs/reference/cli.md": cli_reference,
+    "docs/reference/plugin-kinds.md": kinds_reference,
 }
 
 
