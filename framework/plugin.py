@@ -97,7 +97,8 @@ def _decorator(kind: kinds_lib.Kind) -> Callable[..., Callable[[Callable[..., An
     """`register_<singular>(name, *, default_config=None, ...)` for one kind of the table."""
 
     def register(name: str, *, default_config: Callable[[], ml_collections.ConfigDict] | None
-                 = None, **fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                 = None, validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+                 **fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         unknown = set(fields) - set(kind.decorator_fields)
         if unknown:
             raise TypeError(f"{kind.decorator}() got unexpected keyword arguments "
@@ -106,7 +107,8 @@ def _decorator(kind: kinds_lib.Kind) -> Callable[..., Callable[[Callable[..., An
         def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
             plugin = Plugin(build=build, api_version=PLUGIN_API_VERSION,
                             default_config=default_config or ml_collections.ConfigDict,
-                            description=(build.__doc__ or "").strip(), **fields)
+                            validate=validate, description=(build.__doc__ or "").strip(),
+                            **fields)
             registry.register(kind.name, name, plugin)
             return build
 
@@ -116,7 +118,7 @@ def _decorator(kind: kinds_lib.Kind) -> Callable[..., Callable[[Callable[..., An
     extra = "".join(f", {field}=None" for field in kind.decorator_fields)
     register.__doc__ = (f"Decorator: register a {kind.singular} builder in-process as "
                         f"`local:<name>` (notebooks, tests).\n\n    {kind.decorator}(name, *, "
-                        f"default_config=None{extra})")
+                        f"default_config=None, validate=None{extra})")
     return register
 
 
