@@ -423,6 +423,7 @@ def _dispatch_loop(loop: _Loop, run: _Run, prefetcher: DevicePrefetcher,
         # in-process collectives cannot deadlock on a pile of queued multi-device programs.
         previous["count"].block_until_ready()
         run.step += batches["inputs"].shape[0]
+        loop.progress.dispatched(run.step)
         loop.profiler.after_dispatch(run.step, run.accumulator)
         if _at_boundaries(loop, run, stop_signal):
             break
