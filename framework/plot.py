@@ -1,7 +1,10 @@
 """Learning curves of one or several runs from their metrics.jsonl: `jaxforge plot`.
 
-One panel per metric, training metrics in the top row and evaluation metrics below it, each run
-one line in every panel (same colour everywhere), named in one legend by its workdir's name.
+One panel per metric name (`loss`, `accuracy`, ...) holding its train and eval curves, so the
+generalisation gap is visible: train solid, eval dashed, one colour per run in every panel, one
+legend naming the runs (by their workdir's name) and the two line styles. All panels share one
+x range (step); the figure has exactly as many panels as metrics. A run with fewer than
+`MIN_POINTS` logged points is named in a warning (stderr), with the flag that gives more.
 Drawn on a matplotlib `Figure` without pyplot, so it needs no display and touches no global
 backend state. Reads only metrics.jsonl; does not import JAX.
 """
@@ -9,11 +12,14 @@ backend state. Reads only metrics.jsonl; does not import JAX.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from framework.errors import JaxforgeError
@@ -80,54 +86,118 @@ def select_metrics(runs: Sequence[Run], metrics: Sequence[str] = ()) -> list[str
     return chosen
 
 
-def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ()) -> Figure:
-    """A figure with one panel per selected metric and one line per run in each panel."""
+MIN_POINTS = 3
+STYLES = {"train": "-", "eval": "--"}
+
+
+def _panels(tags: Sequence[str]) -> dict[str, list[str]]:
+    """Metric name -> its tags, train before eval: `loss` -> [`train/loss`, `eval/loss`]."""
+    panels: dict[str, list[str]] = {}
+    for tag in tags:
+        panels.setdefault(_column_of(tag), []).append(tag)
+    return {name: sorted(group, key=lambda t: ROWS.index(_row_of(t)))
+            for name, group in panels.items()}
+
+
+def _points(run: Run, tag: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[tag]) for r in run.records if tag in r]
+
+
+def short_runs(runs: Sequence[Run], tags: Sequence[str]) -> list[str]:
+    """One warning for each run whose curves have fewer than `MIN_POINTS` points: a run logs
+    every `train.log_every_steps` steps and at its last step, evaluates every
+    `train.eval_every_steps` steps and at its last step."""
+    warnings = []
+    train_tags = [tag for tag in tags if _row_of(tag) == "train"]
+    watched, flag = ((train_tags, "train.log_every_steps") if train_tags
+                     else (list(tags), "train.eval_every_steps"))
+    for run in runs:
+        steps = max((sorted({step for step, _ in _points(run, tag)}) for tag in watched),
+                    key=len)
+        if len(steps) >= MIN_POINTS:
+            continue
+        where = f" (step {', '.join(map(str, steps))})" if steps else ""
+        suggestion = max(1, int(max(steps, default=10)) // 10)
+        warnings.append(
+            f"{run.name} logged {len(steps)} point{'' if len(steps) == 1 else 's'}{where}, "
+            f"too few for a curve: train it with a smaller --config.{flag} "
+            f"(e.g. --config.{flag}={suggestion}).")
+    return warnings
+
+
+def _warn(text: str) -> None:
+    print(f"jaxforge: warning: {text}", file=sys.stderr)
+
+
+def _grid(count: int) -> tuple[int, int]:
+    """Rows and columns for `count` panels: one row up to 3, then 2 or 3 columns."""
+    columns = count if count <= 3 else 2 if count == 4 else 3
+    return -(-count // columns), columns
+
+
+def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = (),
+              warn: Callable[[str], None] = _warn) -> Figure:
+    """A figure with one panel per selected metric name; in each, one solid train line and one
+    dashed eval line per run. Warns (through `warn`) about runs with too few points."""
     tags = select_metrics(runs, metrics)
-    rows = [row for row in ROWS if any(_row_of(tag) == row for tag in tags)]
-    columns = list(dict.fromkeys(_column_of(tag) for tag in tags))
-    width = 4.5 * len(columns)
+    for warning in short_runs(runs, tags):
+        warn(warning)
+    panels = _panels(tags)
+    rows, columns = _grid(len(panels))
+    width = 4.5 * columns
+    kinds = [kind for kind in ROWS if any(_row_of(tag) == kind for tag in tags)]
     # Legend columns that fit the figure's width: about 0.085 inch per character at 10 pt,
     # plus the line sample; long run names (sweeps) get fewer columns and more legend rows.
     longest = max(len(run.name) for run in runs)
-    legend_columns = max(1, min(len(runs), int(width / (0.085 * longest + 0.8))))
-    legend_rows = -(-len(runs) // legend_columns)
-    figure = Figure(figsize=(width, 3.2 * len(rows) + 0.3 + 0.25 * legend_rows),
+    entries = len(runs) + (len(kinds) if len(kinds) > 1 else 0)
+    legend_columns = max(1, min(entries, int(width / (0.085 * longest + 0.8))))
+    legend_rows = -(-entries // legend_columns)
+    figure = Figure(figsize=(width, 3.2 * rows + 0.3 + 0.25 * legend_rows),
                     layout="constrained")
-    axes = figure.subplots(len(rows), len(columns), squeeze=False)
-    legend: dict[str, Any] = {}
-    for row_index, row in enumerate(rows):
-        for column_index, column in enumerate(columns):
-            ax = axes[row_index][column_index]
-            tag = next((t for t in tags if _row_of(t) == row and _column_of(t) == column), None)
-            if tag is None:
-                ax.set_visible(False)
-                continue
+    first = None
+    steps: list[float] = []
+    for index, (name, group) in enumerate(panels.items()):
+        ax = figure.add_subplot(rows, columns, index + 1, sharex=first)
+        first = first or ax
+        for tag in group:
             for run_index, run in enumerate(runs):
-                points = [(r["step"], r[tag]) for r in run.records if tag in r]
+                points = _points(run, tag)
                 if not points:
                     continue
-                steps, values = zip(*points)
-                (line,) = ax.plot(steps, values, color=f"C{run_index % 10}",
-                                  marker="o" if len(points) <= 20 else None, markersize=3,
-                                  label=run.name)
-                legend.setdefault(run.name, line)
-            ax.set_title(tag)
-            ax.set_xlabel("step")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-    figure.legend(list(legend.values()), list(legend.keys()), loc="outside lower center",
-                  ncols=legend_columns)
+                xs, values = zip(*points)
+                steps += xs
+                ax.plot(xs, values, color=f"C{run_index % 10}",
+                        linestyle=STYLES[_row_of(tag)],
+                        marker="o" if len(points) <= 20 else None, markersize=3,
+                        label=f"{run.name}: {tag}")
+        ax.set_title(name if len(group) > 1 else group[0])
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+        ax.grid(alpha=0.3)
+    low, high = min(steps), max(steps)
+    margin = 0.03 * (high - low) if high > low else 1
+    first.set_xlim(low - margin, high + margin)  # Shared: every panel has this x range.
+    handles = [Line2D([], [], color=f"C{i % 10}", label=run.name) for i, run in enumerate(runs)]
+    if len(kinds) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle=STYLES[kind], label=kind)
+                    for kind in kinds]
+    figure.legend(handles=handles, loc="outside lower center", ncols=legend_columns)
     return figure
+
+
+def check_output(output: str | Path) -> Path:
+    """`output`, when its extension names a format matplotlib writes."""
+    output = Path(output)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in formats:
+        raise JaxforgeError(f"Cannot write {output}: give a file name ending in one of "
+                            f"{', '.join('.' + f for f in sorted(formats))} (e.g. curves.png).")
+    return output
 
 
 def save(figure: Figure, output: str | Path) -> Path:
     """Write the figure; the format follows the file's extension (PNG for `.png`)."""
-    output = Path(output)
-    formats = figure.canvas.get_supported_filetypes()
-    extension = output.suffix.lstrip(".").lower()
-    if extension not in formats:
-        raise JaxforgeError(f"Cannot write {output}: give a file name ending in one of "
-                            f"{', '.join('.' + f for f in sorted(formats))} (e.g. curves.png).")
+    output = check_output(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)
     return output
@@ -136,6 +206,7 @@ def save(figure: Figure, output: str | Path) -> Path:
 def plot_workdirs(workdirs: Sequence[str | Path], output: str | Path,
                   metrics: Sequence[str] = ()) -> Figure:
     """`jaxforge plot`: the learning curves of `workdirs`, written to `output`."""
+    check_output(output)  # Before plotting, which may warn.
     figure = plot_runs(load_runs(workdirs), metrics)
     save(figure, output)
     return figure
