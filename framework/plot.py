@@ -88,6 +88,8 @@ def select_metrics(runs: Sequence[Run], metrics: Sequence[str] = ()) -> list[str
 
 MIN_POINTS = 3
 STYLES = {"train": "-", "eval": "--"}
+MARKER_FACES = {"train": None, "eval": "white"}  # Single points: filled train, hollow eval.
+FIRST = ("loss", "accuracy")  # Panels shown first, then the others in the order logged.
 
 
 def _panels(tags: Sequence[str]) -> dict[str, list[str]]:
@@ -95,8 +97,8 @@ def _panels(tags: Sequence[str]) -> dict[str, list[str]]:
     panels: dict[str, list[str]] = {}
     for tag in tags:
         panels.setdefault(_column_of(tag), []).append(tag)
-    return {name: sorted(group, key=lambda t: ROWS.index(_row_of(t)))
-            for name, group in panels.items()}
+    order = sorted(panels, key=lambda name: FIRST.index(name) if name in FIRST else len(FIRST))
+    return {name: sorted(panels[name], key=lambda t: ROWS.index(_row_of(t))) for name in order}
 
 
 def _points(run: Run, tag: str) -> list[tuple[float, float]]:
@@ -166,10 +168,10 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = (),
                     continue
                 xs, values = zip(*points)
                 steps += xs
-                ax.plot(xs, values, color=f"C{run_index % 10}",
-                        linestyle=STYLES[_row_of(tag)],
-                        marker="o" if len(points) <= 20 else None, markersize=3,
-                        label=f"{run.name}: {tag}")
+                kind = _row_of(tag)
+                ax.plot(xs, values, color=f"C{run_index % 10}", linestyle=STYLES[kind],
+                        marker="o" if len(points) <= 20 else None, markersize=4,
+                        markerfacecolor=MARKER_FACES[kind], label=f"{run.name}: {tag}")
         ax.set_title(name if len(group) > 1 else group[0])
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
@@ -179,7 +181,8 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = (),
     first.set_xlim(low - margin, high + margin)  # Shared: every panel has this x range.
     handles = [Line2D([], [], color=f"C{i % 10}", label=run.name) for i, run in enumerate(runs)]
     if len(kinds) > 1:
-        handles += [Line2D([], [], color="0.3", linestyle=STYLES[kind], label=kind)
+        handles += [Line2D([], [], color="0.3", linestyle=STYLES[kind], marker="o",
+                           markersize=4, markerfacecolor=MARKER_FACES[kind], label=kind)
                     for kind in kinds]
     figure.legend(handles=handles, loc="outside lower center", ncols=legend_columns)
     return figure

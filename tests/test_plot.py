@@ -48,6 +48,8 @@ def test_train_and_eval_of_a_metric_share_a_panel_and_all_panels_one_x_range(
         ("lr_high: train/loss", 4, "-"), ("lr_low: train/loss", 6, "-"),
         ("lr_high: eval/loss", 2, "--"), ("lr_low: eval/loss", 3, "--")]
     assert panels["loss"][0][1:3] == ([10, 20, 30, 40], [2.0, 1.5, 1.2, 1.0])
+    faces = [line.get_markerfacecolor() for line in figure.axes[0].get_lines()]
+    assert faces[:2] == ["C0", "C1"] and faces[2:] == ["white", "white"]  # Eval dots hollow.
     assert panels["loss"][3][1:3] == ([20, 40, 60], pytest.approx([1.9, 1.6, 1.4]))
     colours = {ax.get_title(): [line.get_color() for line in ax.get_lines()]
                for ax in figure.axes}
@@ -77,6 +79,17 @@ def test_five_metrics_fill_five_panels_of_a_two_by_three_grid(tmp_path):
     assert [ax.get_subplotspec().get_geometry()[:2] for ax in figure.axes] == [(2, 3)] * 5
     assert [text.get_text() for text in figure.legends[0].get_texts()] == [
         "run", "train", "eval"]
+
+
+def test_loss_and_accuracy_come_first_whatever_order_they_were_logged_in(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    record = {"train/accuracy": 0.5, "train/grad_norm": 1.0, "train/loss": 1.0,
+              "eval/accuracy": 0.4, "eval/loss": 1.2}  # As training writes them: sorted.
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, **record}) + "\n" for step in (1, 2, 3)))
+    figure = plot_runs(load_runs([workdir]))
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "accuracy", "train/grad_norm"]
 
 
 @pytest.mark.parametrize("metrics, panels", [
