@@ -7,7 +7,8 @@ Each run trains in `DIR/<name>`, the name made of its swept values
 (`optimizer.learning_rate=0.001,seed=0`). Every combination is resolved and validated before the
 first run starts. Running the same command again skips finished runs and resumes an interrupted
 one from its checkpoint (as `jaxforge train` does). At the end: a table of each run's final and
-best metrics, printed and written to `DIR/sweep.csv`, and the runs' curves in `DIR/sweep.png`.
+best metrics, printed and written to `DIR/sweep.csv`, and the runs' curves in `DIR/sweep.png`
+(drawn as `jaxforge plot` draws them, which warns about runs too short for a curve).
 """
 
 from __future__ import annotations
@@ -195,12 +196,22 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 
+def plot_sweep(runs: Sequence[SweepRun], output: Path) -> Any:
+    """`sweep.png`: the runs' curves as `jaxforge plot` draws them (a matplotlib Figure),
+    with its warnings about runs too short for a curve."""
+    from framework import plot
+
+    figure = plot.plot_runs(plot.load_runs([run.workdir for run in runs]))
+    plot.save(figure, output)
+    return figure
+
+
 def run_sweep(spec: str, workdir: str | Path, axes: dict[str, list[str]],
               overrides: Sequence[str] = (), echo: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
     """Plan, then train every unfinished run in order; write and return the results table."""
     runs = plan(spec, workdir, axes, overrides)
-    from framework import loop, plot
+    from framework import loop
 
     workdir = Path(workdir)
     for index, run in enumerate(runs, 1):
@@ -211,8 +222,7 @@ def run_sweep(spec: str, workdir: str | Path, axes: dict[str, list[str]],
         loop.train(run.config, run.workdir)
     rows = results(runs)
     write_csv(rows, workdir / "sweep.csv")
-    plot.save(plot.plot_runs(plot.load_runs([run.workdir for run in runs])),
-              workdir / "sweep.png")
+    plot_sweep(runs, workdir / "sweep.png")
     echo(format_table(rows))
     echo(f"Wrote {workdir / 'sweep.csv'} and {workdir / 'sweep.png'}; "
          f"compare the runs with: tensorboard --logdir {workdir}")

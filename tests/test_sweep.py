@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from framework import sweep
 from framework.cli import main
 from framework.errors import ConfigError
 from framework.sweep import run_name, split_sweep_args, split_values
@@ -82,14 +83,35 @@ def read_csv(path):
         return list(csv.DictReader(file))
 
 
+def check_sweep_figure(figure):
+    """sweep.png as `jaxforge plot` draws it: a panel per metric with train and eval lines."""
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "accuracy", "train/grad_norm"]
+    xlim = figure.axes[0].get_xlim()
+    assert xlim[0] < 8 and xlim[1] > 16 and all(ax.get_xlim() == xlim for ax in figure.axes)
+    loss = [(line.get_label(), len(line.get_xdata()), line.get_linestyle())
+            for line in figure.axes[0].get_lines()]
+    assert loss == ([(f"{name}: train/loss", 2, "-") for name in RUNS]
+                    + [(f"{name}: eval/loss", 1, "--") for name in RUNS])
+    assert [len(ax.get_lines()) for ax in figure.axes] == [8, 8, 4]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [*RUNS, "train", "eval"]
+
+
 @pytest.mark.slow
-def test_two_by_two_sweep_runs_four_runs_then_skips_them(tmp_path, experiment, capsys):
+def test_two_by_two_sweep_runs_four_runs_then_skips_them(tmp_path, experiment, capsys,
+                                                         monkeypatch):
+    figures, draw = [], sweep.plot_sweep
+
+    def plot_sweep(runs, output):  # Keeps the figure that sweep.png was written from.
+        figures.append(draw(runs, output))
+        return figures[-1]
+
+    monkeypatch.setattr(sweep, "plot_sweep", plot_sweep)
     workdir = tmp_path / "sweep"
     args = ["sweep", "--config", experiment, "--workdir", str(workdir),
             "--sweep.optimizer.learning_rate=1e-2,1e-3", "--sweep.seed=0,1",
             "--config.train.eval_every_steps=16"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == sorted(RUNS)
     for name in RUNS:
         assert f"{name}: training in {workdir / name}" in out
@@ -108,6 +130,12 @@ def test_two_by_two_sweep_runs_four_runs_then_skips_them(tmp_path, experiment, c
         assert float(row["best eval/accuracy"]) == summary["best"]["eval/accuracy"]
         assert row["steps"] == "16" and row["best step"] == "16"
     assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_sweep_figure(figures[0])
+    # 16 steps logged every 8: 2 points per run, each run named in one warning.
+    assert err.splitlines() == [
+        f"jaxforge: warning: {name} logged 2 points (step 8, 16), too few for a curve: train it "
+        "with a smaller --config.train.log_every_steps (e.g. --config.train.log_every_steps=1)."
+        for name in RUNS]
     table = out[out.index("run "):]
     assert all(name in table for name in RUNS) and "final eval/loss" in table
 
