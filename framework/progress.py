@@ -39,7 +39,7 @@ def terminal_width(stream: TextIO) -> int:
 
 
 def _rate_text(rate: float) -> str:
-    return f"{rate:.3g} steps/s"
+    return f"{rate:.3g} steps/s" if rate < 1000 else f"{rate:,.0f} steps/s"
 
 
 class Progress:

@@ -71,6 +71,13 @@ def test_without_a_usable_terminal_each_log_step_prints_one_line_with_one_rate(m
     assert stream.getvalue() == ""
 
 
+def test_fast_rates_are_written_without_an_exponent():
+    out = io.StringIO()
+    Progress(30, 0, enabled=True, stream=io.StringIO(), out=out).update(
+        30, {"train/loss": 0.5, "steps_per_sec": 5460.4})
+    assert out.getvalue() == "step 30/30 | train/loss 0.5 | 5,460 steps/s\n"
+
+
 def test_a_terminal_of_width_0_gets_lines_too(pty):
     master, terminal = pty
     set_width(terminal, 0)
