@@ -103,3 +103,29 @@ def test_plugins_list_show_and_config_show(experiment, capsys):
     resolved = capsys.readouterr().out
     assert "seed = 3" in resolved and "model.hidden_sizes = (16,)" in resolved
     assert "optimizer.learning_rate = 0.001" in resolved  # A plugin default, merged in.
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plugins", "show", "cnnn"],
+     "No plugin named 'cnnn'. Did you mean 'cnn' (model) or 'cnn_nnx' (model)?"),
+    (["plugins", "check", "cnnn"],
+     "No plugin named 'cnnn'. Did you mean 'cnn' (model) or 'cnn_nnx' (model)?"),
+    (["plugins", "show", "cnnn", "--kind", "model"],
+     "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?"),
+    (["plugins", "check", "cnnn", "--kind", "model"],
+     "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?"),
+    (["plugins", "check", "jaxforg:*"], "No installed plugin matches 'jaxforg:*'. Did you mean "
+                                        "'jaxforge:*'?"),
+    (["plugins", "show", "init_from"], "No plugin named 'init_from'. `jaxforge plugins list`"),
+])
+def test_plugins_show_and_check_suggest_as_configs_do(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxforge: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_config_names_plugins_with_the_same_suggestions(experiment, capsys):
+    assert main(["config", "show", "--config", experiment, "--config.model.name=cnnn"]) == 2
+    assert "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?" in (
+        capsys.readouterr().err)
