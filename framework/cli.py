@@ -48,6 +48,16 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
+def _joins_other_processes(args: argparse.Namespace) -> bool:
+    """Whether `jax.distributed.initialize` has work to do: multi-process flags were given or
+    the environment is a cluster JAX detects. Otherwise it does nothing, and need not come
+    first."""
+    from framework import distributed
+
+    flags = (args.coordinator_address, args.num_processes, args.process_id)
+    return any(f is not None for f in flags) or distributed.cluster_environment() is not None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxforge", allow_abbrev=False,
@@ -253,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(config_lib.format_config(config_lib.load_config(args.config, extra)))
         elif args.command == "train":
-            _initialize_distributed(args)
             from framework import config as config_lib
 
+            if _joins_other_processes(args):  # Before get_config(), which may ask for devices.
+                _initialize_distributed(args)
+            # A wrong framework key, type or plugin name fails before any plugin's module, and so
+            # JAX, is imported (docs/performance.md, "Memory and start-up").
             config = config_lib.load_config(args.config, extra)
             from framework import loop
 
