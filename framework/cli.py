@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from framework.errors import JaxforgeError
 from framework.kinds import cli_choices
-from framework.registry import PluginError, PluginInfo, registry
+from framework.registry import PluginError, PluginInfo, close_matches, normalize_id, registry
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,16 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
     from framework import distributed
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def _joins_other_processes(args: argparse.Namespace) -> bool:
+    """Whether `jax.distributed.initialize` has work to do: multi-process flags were given or
+    the environment is a cluster JAX detects. Otherwise it does nothing, and need not come
+    first."""
+    from framework import distributed
+
+    flags = (args.coordinator_address, args.num_processes, args.process_id)
+    return any(f is not None for f in flags) or distributed.cluster_environment() is not None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,19 +153,19 @@ def _plugins_list(kind: str | None, as_json: bool) -> None:
     if as_json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return
-    rows = [("ID", "KIND", "VERSION", "STATUS")]
-    rows += [(i.id, i.kind_singular, i.version or "-",
+    rows = [("ID", "KIND", "DISTRIBUTION", "VERSION", "STATUS")]
+    rows += [(i.id, i.kind_singular, i.distribution_name, i.version or "-",
               i.status + (f" ({i.reason})" if i.reason else "")) for i in infos]
-    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
 
 
 def _plugins_show(name: str, kind: str | None) -> None:
     info = registry.find(name, kind)
     plugin = registry.load(info.kind, info.id)
     print(f"id:           {info.id}\nkind:         {info.kind_singular}\n"
-          f"distribution: {info.distribution} {info.version}\n"
+          f"distribution: {info.distribution_name} {info.version}\n"
           f"entry point:  {info.entry_point}\nstatus:       {info.status}"
           + (f" ({info.reason})" if info.reason else ""))
     description = getattr(plugin, "description", "") or (plugin.__doc__ or "").strip()
@@ -179,11 +189,15 @@ def _plugins_to_check(ids: Sequence[str], kind: str | None) -> list[PluginInfo]:
         if "*" not in name:
             infos.append(registry.find(name, kind))
             continue
-        matched = [i for i in registry.infos(kind) if fnmatch.fnmatch(i.id, name)
-                   and i.status != "disabled"]
+        usable = [i for i in registry.infos(kind) if i.status != "disabled"]
+        matched = [i for i in usable if fnmatch.fnmatch(i.id, normalize_id(name))]
         if not matched:
-            raise PluginError(f"No installed plugin matches {name!r}; `jaxforge plugins list` "
-                              "shows them all.")
+            distribution, _, rest = normalize_id(name).rpartition(":")
+            close = [f"{d}:{rest}" for d in close_matches(
+                distribution, {i.distribution for i in usable})] if distribution else []
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise PluginError(f"No installed plugin matches {name!r}.{hint} `jaxforge plugins "
+                              "list` shows them all.")
         infos += matched
     return list({info.id: info for info in infos}.values())
 
@@ -202,7 +216,7 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
           + (f" with {' '.join(overrides)}" if overrides else "") + ".")
     failed = []
     for info in infos:
-        print(f"\n{info.id} ({info.kind_singular}, {info.distribution} {info.version or '-'}, "
+        print(f"\n{info.id} ({info.kind_singular}, {info.distribution_name} {info.version or '-'}, "
               f"entry point {info.entry_point})")
         results = testing.run_checks(info.kind, info.id, experiment, overrides)
         width = max(len(r.check) for r in results)
@@ -249,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(config_lib.format_config(config_lib.load_config(args.config, extra)))
         elif args.command == "train":
-            _initialize_distributed(args)
             from framework import config as config_lib
 
+            if _joins_other_processes(args):  # Before get_config(), which may ask for devices.
+                _initialize_distributed(args)
+            # A wrong framework key, type or plugin name fails before any plugin's module, and so
+            # JAX, is imported (docs/performance.md, "Memory and start-up").
             config = config_lib.load_config(args.config, extra)
             from framework import loop
 

@@ -8,7 +8,6 @@ merged schema; every error names the key and, when there is one, the closest val
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import re
@@ -21,7 +20,7 @@ from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
 from framework.kinds import KINDS
-from framework.registry import registry
+from framework.registry import close_matches, registry
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 NONFINITE_MODES = ("stop", "skip")
@@ -212,10 +211,11 @@ def parse_override_keys(overrides: Sequence[str]) -> dict[str, str | None]:
     return keys
 
 
-def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str],
+                     note: str = "") -> None:
     """Parse each override's text as the type of the field it replaces (config_flags)."""
-    for key in overrides:
-        _check_key_exists(config, key)
+    for key, text in overrides.items():
+        _check_key_exists(config, key, text, note)
     for key, text in overrides.items():
         parent, name = _parent(config, key), key.rsplit(".", 1)[-1]
         if isinstance(parent[name], ml_collections.ConfigDict):
@@ -290,24 +290,50 @@ def _all_paths(config: ml_collections.ConfigDict) -> list[str]:
     return [path for path, _ in flatten(config)]
 
 
-def _unknown_key_error(config: ml_collections.ConfigDict, key: str,
-                       valid_here: Iterable[str]) -> ConfigError:
-    """Name the unknown key and the closest valid one, here or anywhere in the config."""
+def _unknown_key_error(config: ml_collections.ConfigDict, key: str, valid_here: Iterable[str],
+                       override: tuple[str, str] | None = None, note: str = "") -> ConfigError:
+    """Name the unknown key and where it probably belongs: a close name in its section, the
+    section that has a field of that name, or a close name elsewhere (`close_matches`, the rule
+    of every "did you mean"). `override`: (key, text) of the `--config.` override that set it,
+    which may go deeper than `key`; None for a key written in the file."""
     *parents, last = key.split(".")
     prefix = ".".join(parents) + "." if parents else ""
-    here = [prefix + name for name in valid_here]
-    close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
-    if not close:  # Right name in the wrong section: `train.batch_size` -> `dataset.batch_size`.
-        close = [p for p in _all_paths(config) if p.rsplit(".", 1)[-1] == last][:1]
-    if not close:
-        close = difflib.get_close_matches(key, _all_paths(config), n=1, cutoff=0.6)
-    hint = f" Did you mean config.{close[0]}?" if close else ""
+    valid_here = list(valid_here)
+
+    def spelled(path: str) -> str:
+        if override is None:
+            return f"config.{path}"
+        full, text = override
+        return f"--config.{path}{full[len(key):]}={text}"
+
+    paths = [p for p in _all_paths(config) if p != key]
+    elsewhere = [p for p in paths if p.rsplit(".", 1)[-1] == last]
+    close = close_matches(last, valid_here, n=1)
+    if close:
+        hint = f" Did you mean config.{prefix}{close[0]}?"
+    elif last in config and key != last:  # `train.mesh`: a top-level section or field.
+        what = "section" if is_section(config[last]) else "field"
+        example = spelled(last)
+        if what == "section" and override is not None and override[0] == key and len(config[last]):
+            example = f"--config.{last}.{next(iter(config[last]))}=..."
+        hint = f" {last} is a top-level {what}: {example}."
+    elif elsewhere:  # `train.batch_size`: the right name in another section.
+        sections = [p.rsplit(".", 1)[0] for p in elsewhere]
+        named = (f"the {sections[0]} section" if len(sections) == 1
+                 else f"the sections {', '.join(sections)}")
+        hint = f" {last} is in {named}: {spelled(elsewhere[0])}."
+    else:
+        lasts = {p.rsplit(".", 1)[-1]: p for p in reversed(paths)}
+        close = close_matches(last, lasts, n=1)
+        hint = f" Did you mean config.{lasts[close[0]]}?" if close else ""
     where = f"config.{prefix[:-1]}" if parents else "the config"
     valid = ", ".join(sorted(valid_here)) or "none"
-    return ConfigError(f"Unknown config key config.{key}.{hint} Valid keys in {where}: {valid}.")
+    return ConfigError(f"Unknown config key config.{key}.{hint} Valid keys in {where}: {valid}."
+                       + (f" {note}" if note and not hint else ""))
 
 
-def _check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
+def _check_key_exists(config: ml_collections.ConfigDict, key: str, text: str,
+                      note: str = "") -> None:
     node: Any = config
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -316,7 +342,8 @@ def _check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
             raise ConfigError(f"config.{parent} is a {type(node).__name__}, not a section, so "
                               f"config.{key} cannot be set. Set config.{parent} itself.")
         if part not in node:
-            raise _unknown_key_error(config, ".".join(parts[:i + 1]), node.keys())
+            raise _unknown_key_error(config, ".".join(parts[:i + 1]), node.keys(),
+                                     override=(key, text), note=note)
         node = node[part]
 
 
@@ -353,6 +380,45 @@ def _insertion_order(section: ml_collections.ConfigDict) -> list[str]:
     return list(section._fields)
 
 
+def _plugin_owned(key: str, base: ml_collections.ConfigDict) -> bool:
+    """Whether `key` (`model.dropout_rate`, `regularizers.l2.weight`) is a plugin's field,
+    known only from the plugin's module, rather than one of the framework's own."""
+    section, _, rest = key.partition(".")
+    kind = next((k for k in KINDS if k.section == section), None)
+    return kind is not None and bool(rest) and (kind.mapping or rest.split(".")[0]
+                                                not in base[section])
+
+
+def _check_before_plugins(user: ml_collections.ConfigDict, overrides: dict[str, str],
+                          names: dict[str, list[str]]) -> None:
+    """What can be checked before any plugin's module is imported (and so, usually, before
+    JAX is): the framework's own keys and their types, in the file and in the overrides, and
+    each plugin name, against the installed distributions' metadata. A plugin's own fields wait
+    for its `default_config()`."""
+    base = base_config()
+    core = ml_collections.ConfigDict()
+    for key, value in user.items():
+        if key in base and isinstance(value, ml_collections.ConfigDict) and any(
+                k.section == key for k in KINDS):
+            value = ml_collections.ConfigDict(
+                {k: v for k, v in value.items() if not _plugin_owned(f"{key}.{k}", base)})
+        core[key] = value
+    plugins = [(kind, name, f"{kind.section}.{name}" if kind.mapping else f"{kind.section}.name")
+               for kind in sorted(KINDS, key=lambda k: k.mapping) for name in names[kind.name]]
+    sections = ", ".join(f"config.{path}" if kind.mapping else f"config.{kind.section} ({name})"
+                         for kind, name, path in plugins)
+    note = (f"A plugin's own field goes in that plugin's section ({sections}); `jaxforge "
+            "plugins show NAME` lists a plugin's fields.")
+    _overlay(base, core, base, note=note)
+    _apply_overrides(base, {k: v for k, v in overrides.items() if not _plugin_owned(k, base)},
+                     note)
+    for kind, name, key in plugins:
+        try:
+            registry.resolve(kind.name, name)
+        except JaxforgeError as error:
+            raise ConfigError(f"config.{key}: {error}") from None
+
+
 def _plugin_defaults(kind: str, name: str, key: str) -> ml_collections.ConfigDict:
     try:
         plugin = registry.load(kind, name)
@@ -387,19 +453,19 @@ def _schema(names: dict[str, list[str]]) -> ml_collections.ConfigDict:
 
 
 def _overlay(schema: ml_collections.ConfigDict, user: ml_collections.ConfigDict,
-             root: ml_collections.ConfigDict, prefix: str = "") -> None:
+             root: ml_collections.ConfigDict, prefix: str = "", note: str = "") -> None:
     """Write the user's values over the schema; unknown keys and wrong types are errors."""
     for key, value in user.items():
         path = prefix + key
         if key not in schema:
-            raise _unknown_key_error(root, path, schema.keys())
+            raise _unknown_key_error(root, path, schema.keys(), note=note)
         current = schema[key]
         if isinstance(current, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config.{path} must be a section (a ConfigDict with keys "
                                   f"{', '.join(current.keys()) or 'of plugin names'}), "
                                   f"not {value!r}.")
-            _overlay(current, value, root, path + ".")
+            _overlay(current, value, root, path + ".", note)
             continue
         if isinstance(value, ml_collections.ConfigDict):
             raise ConfigError(f"config.{path} is a value ({current!r}), not a section.")
@@ -551,7 +617,9 @@ def resolve_config(user: ml_collections.ConfigDict,
     """Merge, override, validate and lock a config. Raises ConfigError; trains nothing."""
     if not isinstance(overrides, dict):
         overrides = parse_override_keys(overrides)
-    config = _schema(_plugin_names(user, overrides))
+    names = _plugin_names(user, overrides)
+    _check_before_plugins(user, overrides, names)
+    config = _schema(names)
     _overlay(config, user, config)
     for length, other in (("num_steps", "num_epochs"), ("num_epochs", "num_steps")):
         if f"train.{length}" in overrides and f"train.{other}" not in overrides:

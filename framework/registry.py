@@ -15,7 +15,7 @@ import importlib.metadata
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from framework import kinds as kinds_lib
@@ -52,10 +52,19 @@ class PluginInfo:
     reason: str = ""  # Why a plugin failed or is disabled; API-version notes when loaded.
     obj: Any = dataclasses.field(default=None, repr=False)
     error: BaseException | None = dataclasses.field(default=None, repr=False)
+    # The distribution's name as its author published it (the `Name` of its metadata, e.g.
+    # `mnist1d-jaxforge`); `distribution` is its normalised form, the prefix of the id.
+    published_name: str = ""
 
     @property
     def id(self) -> str:
         return f"{self.distribution}:{self.name}"
+
+    @property
+    def distribution_name(self) -> str:
+        """The distribution as users install it (`mnist1d-jaxforge`), for messages and
+        listings; the id keeps the normalised form (`mnist1d_jaxforge:name`)."""
+        return self.published_name or self.distribution
 
     @property
     def kind_singular(self) -> str:
@@ -65,7 +74,7 @@ class PluginInfo:
     def as_dict(self) -> dict[str, str]:
         return {
             "id": self.id, "kind": self.kind, "name": self.name,
-            "distribution": self.distribution, "version": self.version,
+            "distribution": self.distribution_name, "version": self.version,
             "entry_point": self.entry_point, "status": self.status, "reason": self.reason,
         }
 
@@ -75,13 +84,50 @@ def normalize_distribution(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
+def normalize_id(text: str) -> str:
+    """A `dist:name` id (or id glob) with its distribution part normalised, so that the name a
+    distribution was published under works too: `acme-vision:*` -> `acme_vision:*`; a bare name
+    is returned as it is."""
+    if ":" not in text:
+        return text
+    distribution, name = text.split(":", 1)
+    return f"{normalize_distribution(distribution)}:{name}"
+
+
+CLOSE_MATCH_CUTOFF = 0.7
+"""How alike (difflib's ratio, 0..1) a name must be to a typo of it to be suggested."""
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates that `word` is probably a typo of, closest first (at most `n`).
+
+    The one rule for every "did you mean" of jaxforge: plugin names and ids (`resolve`, `find`,
+    the config's plugin names) and config keys. Names are compared without case; a `dist:name`
+    id part by part, so that a shared distribution prefix (or, for config keys, a shared
+    section) cannot make unrelated names look alike; a candidate is suggested only when every
+    part is at least `CLOSE_MATCH_CUTOFF` alike (`cnnn` -> `cnn`, `cnn_nnx`; `init_from` ->
+    nothing, not `on_nonfinite`).
+    """
+    def similarity(candidate: str) -> float:
+        ours, theirs = word.lower().split(":"), candidate.lower().split(":")
+        if len(ours) != len(theirs):
+            return 0.0
+        return min(difflib.SequenceMatcher(None, a, b).ratio() for a, b in zip(ours, theirs))
+
+    scored = sorted(((similarity(c), c) for c in set(candidates) if c != word),
+                    key=lambda pair: (-pair[0], pair[1]))
+    return [c for score, c in scored if score >= CLOSE_MATCH_CUTOFF][:n]
+
+
 def _env_patterns(variable: str) -> list[str]:
     return [p.strip() for p in os.environ.get(variable, "").split(",") if p.strip()]
 
 
 def _matches(info: PluginInfo, patterns: list[str]) -> bool:
-    """A pattern is an id glob (`dist:name`, `dist:*`) or a bare distribution name."""
-    return any(fnmatch.fnmatch(info.id, p) or p == info.distribution for p in patterns)
+    """A pattern is an id glob (`dist:name`, `dist:*`) or a bare distribution name, as published
+    (`acme-vision`) or normalised (`acme_vision`)."""
+    return any(fnmatch.fnmatch(info.id, normalize_id(p))
+               or normalize_distribution(p) == info.distribution for p in patterns)
 
 
 class Registry:
@@ -101,14 +147,16 @@ class Registry:
         autoload = os.environ.get("JAXFORGE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
         for dist in importlib.metadata.distributions():
             try:
-                dist_name = normalize_distribution(dist.metadata["Name"] or "")
+                published = dist.metadata["Name"] or ""
+                dist_name = normalize_distribution(published)
                 entry_points = [ep for ep in dist.entry_points if ep.group in groups]
             except Exception:  # Malformed metadata of an unrelated package: never fatal.
                 continue
             if not entry_points or (not autoload and dist_name != BUILTIN_DISTRIBUTION):
                 continue
             for ep in entry_points:
-                info = PluginInfo(groups[ep.group], ep.name, dist_name, dist.version, ep.value)
+                info = PluginInfo(groups[ep.group], ep.name, dist_name, dist.version, ep.value,
+                                  published_name=published)
                 # A distribution seen twice on sys.path (e.g. editable + installed): first wins.
                 found[info.kind].setdefault(info.id, info)
         self._apply_environment_switches(found)
@@ -249,17 +297,18 @@ def check_kind(kind: str | kinds_lib.Kind) -> str:
 
 
 def _named(info: PluginInfo, name: str) -> bool:
-    """Whether `name`, a `dist:name` id or a bare name, names this plugin."""
-    return info.id == name if ":" in name else info.name == name
+    """Whether `name`, a `dist:name` id (the distribution as published or normalised) or a bare
+    name, names this plugin."""
+    return info.id == normalize_id(name) if ":" in name else info.name == name
 
 
 def _did_you_mean(name: str, infos: list[PluginInfo], with_kind: bool = False) -> str:
     """` Did you mean 'cnn'?` (with the kind: `'cnn' (model)`) for close names, else ``."""
-    label = {}
+    label: dict[str, set[str]] = {}
     for info in infos:
         candidate = info.id if ":" in name else info.name
         label.setdefault(candidate, set()).add(info.kind_singular)
-    close = difflib.get_close_matches(name, sorted(label), n=3, cutoff=0.5)
+    close = close_matches(normalize_id(name), label)
     if not close:
         return ""
     shown = [repr(c) + (f" ({', '.join(sorted(label[c]))})" if with_kind else "") for c in close]
@@ -288,8 +337,8 @@ def _check_api_version(info: PluginInfo) -> None:
 def _load_error(info: PluginInfo) -> PluginError:
     return PluginError(
         f"The {info.kind_singular} plugin {info.id!r} failed to load (distribution "
-        f"{info.distribution} {info.version}, entry point {info.name} = {info.entry_point!r}): "
-        f"{info.reason}")
+        f"{info.distribution_name} {info.version}, entry point {info.name} = "
+        f"{info.entry_point!r}): {info.reason}")
 
 
 registry = Registry()

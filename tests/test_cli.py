@@ -103,3 +103,49 @@ def test_plugins_list_show_and_config_show(experiment, capsys):
     resolved = capsys.readouterr().out
     assert "seed = 3" in resolved and "model.hidden_sizes = (16,)" in resolved
     assert "optimizer.learning_rate = 0.001" in resolved  # A plugin default, merged in.
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plugins", "show", "cnnn"],
+     "No plugin named 'cnnn'. Did you mean 'cnn' (model) or 'cnn_nnx' (model)?"),
+    (["plugins", "check", "cnnn"],
+     "No plugin named 'cnnn'. Did you mean 'cnn' (model) or 'cnn_nnx' (model)?"),
+    (["plugins", "show", "cnnn", "--kind", "model"],
+     "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?"),
+    (["plugins", "check", "cnnn", "--kind", "model"],
+     "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?"),
+    (["plugins", "check", "jaxforg:*"], "No installed plugin matches 'jaxforg:*'. Did you mean "
+                                        "'jaxforge:*'?"),
+    (["plugins", "show", "init_from"], "No plugin named 'init_from'. `jaxforge plugins list`"),
+])
+def test_plugins_show_and_check_suggest_as_configs_do(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxforge: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_config_names_plugins_with_the_same_suggestions(experiment, capsys):
+    assert main(["config", "show", "--config", experiment, "--config.model.name=cnnn"]) == 2
+    assert "Unknown model plugin 'cnnn'. Did you mean 'cnn' or 'cnn_nnx'?" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.nope=1", "Unknown config key config.train.nope."),
+    ("--config.train.num_steps=abc", "config.train.num_steps must be an int"),
+    ("--config.model.name=cnnn", "Unknown model plugin 'cnnn'"),
+    ("--config.regularizers.l3.weight=1", "Unknown regularizer plugin 'l3'"),
+])
+def test_a_config_error_comes_before_jax_and_the_plugins_are_imported(tmp_path, override,
+                                                                       message):
+    """What makes the error fast (docs/performance.md): nothing heavy is imported for it."""
+    code = ("import sys; from framework.cli import main\n"
+            f"status = main(['train', '--config', 'experiments/digits_cnn.py', '--workdir', "
+            f"{str(tmp_path / 'run')!r}, {override!r}])\n"
+            "heavy = ('jax', 'flax', 'optax', 'orbax', 'tensorflow_datasets', 'plugins')\n"
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip() == "2 []", result.stdout + result.stderr
+    assert message in result.stderr

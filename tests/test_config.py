@@ -48,7 +48,8 @@ def test_run_length_override_replaces_the_files_choice():
     (BASE, ["--config.train.num_step=5"],
      "Unknown config key config.train.num_step. Did you mean config.train.num_steps?"),
     (BASE, ["--config.train.batch_size=5"],
-     "Unknown config key config.train.batch_size. Did you mean config.dataset.batch_size?"),
+     "Unknown config key config.train.batch_size. batch_size is in the dataset section: "
+     "--config.dataset.batch_size=5."),
     ({"trian": {}, **BASE}, [], "Unknown config key config.trian. Did you mean config.train?"),
     ({"model": {"name": "cnn", "dropuot_rate": 0.1}, **BASE}, [],
      "Did you mean config.model.dropout_rate?"),
@@ -87,6 +88,63 @@ def test_mistakes_give_one_clear_error(user, overrides, expected):
     with pytest.raises(ConfigError) as error:
         resolve(user, *overrides)
     assert expected in str(error.value)
+
+
+# (where the key is written, the key, what the error must say, what it must not suggest).
+SUGGESTIONS = [
+    # Close names in the key's own section, compared by their last component.
+    ("override", "train.num_step", "Did you mean config.train.num_steps?", None),
+    ("override", "train.epochs", "Did you mean config.train.num_epochs?", None),
+    ("override", "checkpoint.max_keep", "Did you mean config.checkpoint.max_to_keep?", None),
+    ("override", "optimizer.lerning_rate", "Did you mean config.optimizer.learning_rate?", None),
+    ("file", "trian", "Did you mean config.train?", None),
+    # The right name in another section, or a top-level one written under a section.
+    ("override", "train.batch_size",
+     "batch_size is in the dataset section: --config.dataset.batch_size=5.", "Did you mean"),
+    ("file", "train.batch_size",
+     "batch_size is in the dataset section: config.dataset.batch_size.", "Did you mean"),
+    ("override", "train.mesh.data", "mesh is a top-level section: --config.mesh.data=5.", None),
+    ("override", "checkpoint.mesh", "mesh is a top-level section: --config.mesh.data=...", None),
+    ("override", "train.seed", "seed is a top-level field: --config.seed=5.", None),
+    ("override", "train.batchsize", "Did you mean config.dataset.batch_size?", None),
+    # A plugin's field in a framework section: found before any plugin's module is imported, so
+    # the plugins' sections are named instead (`plugins show` lists their fields).
+    ("file", "train.dropout_rate",
+     "A plugin's own field goes in that plugin's section (config.model (cnn)", "Did you mean"),
+    # Nothing alike: no suggestion at all, rather than a far-fetched one.
+    ("override", "train.init_from", "Unknown config key config.train.init_from. Valid keys",
+     "Did you mean"),
+    ("override", "checkpoint.init_from", "Valid keys in config.checkpoint", "Did you mean"),
+    ("override", "train.nope", "Valid keys in config.train", "Did you mean"),
+    ("override", "train.lr", "Valid keys in config.train", "Did you mean"),
+]
+
+
+@pytest.mark.parametrize("where, key, expected, unexpected", SUGGESTIONS)
+def test_suggestions_are_close_matches_or_the_right_section(where, key, expected, unexpected):
+    if where == "override":
+        overrides, user = [f"--config.{key}=5"], dict(BASE)
+    else:
+        *sections, last = key.split(".")
+        user = {"train": {"num_steps": 10}}
+        node = user
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = 5 if sections else {}
+        overrides = []
+    with pytest.raises(ConfigError) as error:
+        resolve(user, *overrides)
+    message = str(error.value)
+    assert expected in message
+    assert unexpected is None or unexpected not in message, message
+
+
+def test_an_unknown_framework_key_without_suggestion_names_the_plugin_sections():
+    with pytest.raises(ConfigError) as error:
+        resolve(BASE, "--config.train.learning_rate=0.1", "--config.regularizers.l2.weight=1")
+    assert ("A plugin's own field goes in that plugin's section (config.model (cnn), "
+            "config.dataset (digits), config.optimizer (adam), config.regularizers.l2); "
+            "`jaxforge plugins show NAME` lists a plugin's fields.") in str(error.value)
 
 
 def test_config_file_errors_name_the_file_and_line(tmp_path):

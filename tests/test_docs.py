@@ -188,3 +188,21 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
     first_screen = "\n".join(lines[:40])
     assert "jaxforge train --config experiments/digits_cnn.py" in first_screen
     assert "python -m pytest" in first_screen
+
+
+def test_the_plugin_template_steps_are_what_new_plugin_prints() -> None:
+    """docs/plugins.md's template section shows the commands after `jaxforge new-plugin`: the
+    lines of `framework.scaffold.next_steps`, the one source (reference/cli.md quotes it)."""
+    from framework import scaffold
+
+    page = DOCS / "plugins.md"
+    text = page.read_text()
+    section = text[text.index("## A plugin package: entry points, template, publishing"):]
+    block = next(b for b in blocks(page) if b.lang == "bash" and b.code in section)
+    documented = [line.split("  #", 1)[0].strip() for line in block.code.splitlines()]
+    printed = [line.strip() for line in
+               scaffold.next_steps("../acme-vision", "acme-vision").splitlines()[1:]]
+    assert documented[0].startswith("jaxforge new-plugin acme-vision --dir ..")
+    assert documented[1:] == printed, (
+        f"{page.relative_to(ROOT)}'s template section says\n" + "\n".join(documented[1:])
+        + "\nbut `jaxforge new-plugin acme-vision --dir ..` prints\n" + "\n".join(printed))

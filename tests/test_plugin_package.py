@@ -91,14 +91,18 @@ def test_example_package_installs_checks_trains_and_uninstalls(tmp_path):
         assert install.returncode == 0, install.stdout + install.stderr
         listing = jaxforge("plugins", "list", "--json")
         assert listing.returncode == 0, listing.stderr
-        statuses = {p["id"]: p["status"] for p in json.loads(listing.stdout)}
-        for package in ("jaxforge_example", "acme_spirals"):
+        listed = {p["id"]: p for p in json.loads(listing.stdout)}
+        for package, published in (("jaxforge_example", "jaxforge-example"),
+                                   ("acme_spirals", "acme-spirals")):
             for name in ("residual_mlp", "spirals", "z_loss"):
-                assert statuses[f"{package}:{name}"] == "available"
+                assert listed[f"{package}:{name}"]["status"] == "available"
+                # The id is normalised; the distribution is shown as its author published it.
+                assert listed[f"{package}:{name}"]["distribution"] == published
 
         check = jaxforge("plugins", "check", "jaxforge_example:*")
         assert check.returncode == 0, check.stdout + check.stderr
         assert "3 plugin(s) checked: 3 passed, 0 failed." in check.stdout
+        assert "jaxforge_example:spirals (dataset, jaxforge-example 0." in check.stdout
 
         workdir = tmp_path / "run"
         trained = jaxforge("train", "--config", str(example / "experiments" / "spirals.py"),
@@ -106,9 +110,10 @@ def test_example_package_installs_checks_trains_and_uninstalls(tmp_path):
         assert trained.returncode == 0, trained.stderr
         summary = json.loads((workdir / "summary.json").read_text())
         assert summary["final"]["eval/accuracy"] > 0.95
-        plugins = {p["id"] for p in json.loads((workdir / "plugins.json").read_text())}
+        plugins = {p["id"]: p for p in json.loads((workdir / "plugins.json").read_text())}
         assert {"jaxforge_example:residual_mlp", "jaxforge_example:spirals",
-                "jaxforge_example:z_loss"} <= plugins
+                "jaxforge_example:z_loss"} <= set(plugins)
+        assert plugins["jaxforge_example:spirals"]["distribution"] == "jaxforge-example"
 
         # The renamed copy passes its own tests (config errors, z-loss, training); their
         # conformance part is the `plugins check` above, on the same plugins under another name.
@@ -119,6 +124,5 @@ def test_example_package_installs_checks_trains_and_uninstalls(tmp_path):
         uninstall = run("-m", "pip", "uninstall", "--yes", *distributions)
     assert uninstall.returncode == 0, uninstall.stderr
     after = jaxforge("plugins", "list", "--json")
-    assert not {p["distribution"] for p in json.loads(after.stdout)} & {
-        "jaxforge_example", "acme_spirals"}
+    assert not {p["distribution"] for p in json.loads(after.stdout)} & set(distributions)
 

@@ -1,12 +1,20 @@
 """The plugin registry: discovery from metadata, lazy loading, names, failures, switches."""
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from framework.registry import PLUGIN_API_VERSION, PluginAPIVersionWarning, PluginError, Registry
+from framework.registry import (
+    PLUGIN_API_VERSION,
+    PluginAPIVersionWarning,
+    PluginError,
+    Registry,
+    close_matches,
+    registry,
+)
 
 PLUGIN_MODULE = """
 import ml_collections
@@ -100,7 +108,7 @@ def test_broken_plugin_is_isolated_and_named(third_party):
     with pytest.raises(PluginError) as error:
         third_party.load("models", "broken")
     message = str(error.value)
-    for part in ("acme_plugins:broken", "acme_plugins 1.0", "acme_broken:thing",
+    for part in ("acme_plugins:broken", "acme-plugins 1.0", "acme_broken:thing",
                  "libfoo.so not found"):
         assert part in message
     assert isinstance(error.value.__cause__, ImportError)
@@ -222,3 +230,58 @@ def test_a_decorator_accepts_only_its_kinds_fields():
     with pytest.raises(TypeError, match="register_dataset\\(\\) got unexpected keyword "
                                         "arguments loss"):
         framework.register_dataset("data", loss=lambda outputs, batch: None)
+
+
+@pytest.mark.parametrize("word, candidates, expected", [
+    ("cnnn", ["cnn", "cnn_nnx", "mlp", "resnet"], ["cnn", "cnn_nnx"]),
+    ("resnt", ["cnn", "resnet"], ["resnet"]),
+    ("CNN", ["cnn", "mlp"], ["cnn"]),
+    ("num_step", ["num_steps", "num_epochs"], ["num_steps"]),
+    ("lerning_rate", ["learning_rate", "end_learning_rate", "b1"],
+     ["learning_rate", "end_learning_rate"]),
+    ("acme_plugins:tinyst", ["acme_plugins:tinyset", "acme_plugins:tiny", "other_dist:tiny"],
+     ["acme_plugins:tinyset", "acme_plugins:tiny"]),
+    # Not alike enough: nothing rather than a far-fetched guess.
+    ("init_from", ["on_nonfinite", "async_save", "num_steps"], []),
+    ("nope", ["on_nonfinite"], []),
+    ("lr", ["l1", "l2", "learning_rate"], []),
+    ("acme_plugins:zzz", ["acme_plugins:tiny"], []),  # A shared prefix does not count.
+    ("other:tiny", ["acme_plugins:tiny"], []),
+])
+def test_close_matches_suggest_only_likely_typos(word, candidates, expected):
+    assert close_matches(word, candidates) == expected
+
+
+def test_a_distribution_is_shown_as_published_and_its_id_normalised(third_party, monkeypatch):
+    info = third_party.resolve("models", "acme_plugins:tiny")
+    assert (info.id, info.distribution, info.distribution_name) == (
+        "acme_plugins:tiny", "acme_plugins", "acme-plugins")
+    assert info.as_dict()["distribution"] == "acme-plugins"
+    assert info.as_dict()["id"] == "acme_plugins:tiny"
+    assert third_party.resolve("models", "other_dist:tiny").distribution_name == "other_dist"
+    # The published spelling names the same plugins, in ids and in the environment switches.
+    assert third_party.resolve("models", "acme-plugins:tiny") is info
+    monkeypatch.setenv("JAXFORGE_PLUGINS", "acme-plugins")
+    third_party.refresh()
+    assert third_party.resolve("models", "tiny").id == "acme_plugins:tiny"
+
+
+def test_the_cli_names_the_published_distribution(third_party, capsys):
+    from framework.cli import main
+
+    with registry.isolated():  # Discovers the fixture's distributions on sys.path.
+        assert main(["plugins", "list", "--kind", "model"]) == 0
+        listing = capsys.readouterr().out
+        row = next(line for line in listing.splitlines() if line.startswith("acme_plugins:tiny"))
+        assert row.split()[:4] == ["acme_plugins:tiny", "model", "acme-plugins", "1.0"]
+        assert main(["plugins", "list", "--json"]) == 0
+        rows = {p["id"]: p for p in json.loads(capsys.readouterr().out)}
+        assert rows["acme_plugins:tiny"]["distribution"] == "acme-plugins"
+        assert rows["jaxforge:cnn"]["distribution"] == "jaxforge"
+        assert main(["plugins", "show", "acme_plugins:tiny"]) == 0
+        assert "distribution: acme-plugins 1.0\n" in capsys.readouterr().out
+        assert main(["plugins", "show", "acme_plugins:broken"]) == 2
+        assert "(distribution acme-plugins 1.0, entry point" in capsys.readouterr().err
+        assert main(["plugins", "check", "acme-plugins:broken"]) == 1
+        assert "acme_plugins:broken (model, acme-plugins 1.0, entry point" in (
+            capsys.readouterr().out)

@@ -303,7 +303,7 @@ def broken_distribution(tmp_path, monkeypatch, jaxforge_registry):
 
 def test_a_plugin_that_crashes_on_import_fails_loading_with_the_reason(broken_distribution):
     failed = failures("models", "broken_kit:crashes")
-    assert "failed to load (distribution broken_kit 1.0, entry point crashes = " in failed["loads"]
+    assert "failed to load (distribution broken-kit 1.0, entry point crashes = " in failed["loads"]
     assert "libfoo.so: cannot open shared object file" in failed["loads"]
     assert "ImportError: libfoo.so" in failed["import_leaves_jax_uninitialised"]
     assert "model_init_and_apply" in failed  # Nothing can be checked on it.

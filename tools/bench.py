@@ -22,8 +22,9 @@ The work of a step is XLA's count of the hand-written step's floating-point oper
 its rewrites); TFLOP/s is that count times steps/s, for every column and for the hand-written
 step alone on one batch already on the device (`device_resident`: what the chip sustains on the
 model, without the input feed), against `--peak-tflops` when given.
-Start-up is measured separately: `jaxforge plugins list`, and the CLI's time to train one step,
-cold and with a warm persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`).
+Start-up is measured separately: `jaxforge plugins list`, `jaxforge train` stopping at a config
+error (an unknown key), and the CLI's time to train one step, cold and with a warm persistent
+compilation cache (`JAX_COMPILATION_CACHE_DIR`).
 
     python tools/bench.py [--cases cnn@64,mlp@64] [--repeats 3] [--json bench.json]
     python tools/bench.py --cases cnn@8192,resnet18@224 --skip keras --no-startup \
@@ -457,16 +458,26 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
     }
 
 
+CONFIG_ERROR = ["train", "--config", "experiments/digits_cnn.py", "--workdir", "WORKDIR",
+                "--config.train.nope=1"]
+"""A config error: `jaxforge train` with an unknown key, which exits with status 2."""
+
+
 def startup_seconds(repeats: int) -> dict[str, float]:
-    """Median wall time of `jaxforge plugins list`, and of the CLI training digits_cnn 1 step
-    without and with a warm persistent compilation cache."""
-    def wall(args: list[str], env: dict[str, str] | None = None) -> float:
+    """Median wall time of `jaxforge plugins list`, of `jaxforge train` failing on a config
+    error (an unknown key: reported before JAX is imported), and of the CLI training digits_cnn
+    1 step without and with a warm persistent compilation cache."""
+    def wall(args: list[str], env: dict[str, str] | None = None, status: int = 0) -> float:
         with tempfile.TemporaryDirectory() as workdir:
             command = [a.replace("WORKDIR", workdir) for a in args]
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "framework.cli", *command], cwd=REPO,
-                           check=True, capture_output=True, env=env)
-            return time.perf_counter() - start
+            done = subprocess.run([sys.executable, "-m", "framework.cli", *command], cwd=REPO,
+                                  capture_output=True, env=env)
+            seconds = time.perf_counter() - start
+            if done.returncode != status:
+                raise RuntimeError(f"`jaxforge {' '.join(args)}` exited with {done.returncode}, "
+                                   f"not {status}: {done.stderr.decode()[-2000:]}")
+            return seconds
 
     train_one_step = ["train", "--config", "experiments/digits_cnn.py", "--workdir", "WORKDIR",
                       "--config.train.num_steps=1"]
@@ -475,6 +486,8 @@ def startup_seconds(repeats: int) -> dict[str, float]:
         wall(train_one_step, cached)  # Fills the cache.
         return {
             "plugins_list_s": statistics.median(wall(["plugins", "list"]) for _ in range(repeats)),
+            "config_error_s": statistics.median(
+                wall(CONFIG_ERROR, status=2) for _ in range(repeats)),
             "train_one_step_s": statistics.median(wall(train_one_step) for _ in range(repeats)),
             "train_one_step_cached_s": statistics.median(
                 wall(train_one_step, cached) for _ in range(repeats)),
@@ -515,7 +528,8 @@ def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
     startup = results.get("startup")
     if startup is None:
         return
-    print(f"start-up: `jaxforge plugins list` {startup['plugins_list_s']:.2f} s; "
+    print(f"start-up: `jaxforge plugins list` {startup['plugins_list_s']:.2f} s; a config "
+          f"error (`jaxforge train ... --config.train.nope=1`) {startup['config_error_s']:.2f} s; "
           f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s, "
           f"{startup['train_one_step_cached_s']:.2f} s with a warm compilation cache")
 
