@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,8 +91,7 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
                                   mesh, "dataset.batch_size / train.accumulation_steps")
     mesh_lib.check_batch_fits(config.dataset.eval_batch_size or config.dataset.batch_size, mesh,
                               "dataset.eval_batch_size")
-    num_steps = config.train.num_steps or math.ceil(
-        config.train.num_epochs * metadata.num_train / config.dataset.batch_size)
+    num_steps = config_lib.num_steps(config, metadata.num_train)
 
     model = build_model(registry.load(kinds.MODELS, config.model.name), config.model, metadata,
                         jnp.dtype(config.train.precision), config.model.name)

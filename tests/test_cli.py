@@ -103,3 +103,36 @@ def test_plugins_list_show_and_config_show(experiment, capsys):
     resolved = capsys.readouterr().out
     assert "seed = 3" in resolved and "model.hidden_sizes = (16,)" in resolved
     assert "optimizer.learning_rate = 0.001" in resolved  # A plugin default, merged in.
+
+
+def test_config_show_resolves_epochs_to_steps(experiment, capsys):
+    assert main(["config", "show", "--config", "experiments/digits_cnn.py"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert ("train.num_steps = 1348  # from train.num_epochs=60.0 x 1437 train examples / "
+            "batch 64, rounded up") in shown  # ceil(60 * 1437 / 64), as the run counts them.
+    assert "train.num_epochs = 60.0" in shown
+    assert main(["config", "show", "--config", experiment, "--config.train.num_epochs=2"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "train.num_steps = 16  # from train.num_epochs=2.0 x 128 train examples / batch 16" \
+        in shown
+    assert main(["config", "show", "--config", experiment]) == 0  # Given in steps: as written.
+    assert "train.num_steps = 16" in capsys.readouterr().out.splitlines()
+
+
+def test_config_show_says_why_steps_are_unknown_when_the_dataset_cannot_be_built(
+        experiment, capsys):
+    import framework
+
+    def build(config, context):
+        raise OSError("no data here\nsecond line")
+
+    broken = framework.Plugin(build=build, api_version=framework.PLUGIN_API_VERSION,
+                              default_config=lambda: framework.registry.load(
+                                  "datasets", "synthetic").default_config())
+    with framework.registry.registered("datasets", "offline", broken):
+        status = main(["config", "show", "--config", experiment, "--config.dataset.name=offline",
+                       "--config.train.num_epochs=2"])
+    assert status == 0
+    assert ("train.num_steps = None  # train.num_epochs=2.0 x the train examples / batch 16; "
+            "the dataset could not be built to count them (OSError: no data here)"
+            in capsys.readouterr().out.splitlines())
