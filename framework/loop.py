@@ -2,6 +2,7 @@
 
 `_train` runs the phases of a run in order, one function each:
 
+    _finished_run           a run this workdir already finished: its summary, nothing written
     _set_up_workdir         build the plugins; config.json, plugins.json
     _restore_or_initialise  the state, the data position and pending metric sums (`_Run`)
     _open_loop              parameters.txt, the start message, the outputs (`_Loop`)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +60,7 @@ from framework.step import (
 )
 from framework.tensorboard_log import TensorBoardLog
 from framework.update_rule import update_rule
-from framework.workdir import WorkdirLock, check_config_unchanged
+from framework.workdir import WorkdirLock, check_config_unchanged, config_changes
 
 
 @dataclasses.dataclass
@@ -218,7 +220,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
     A workdir holds one run: a second concurrent run is refused, and resuming with a config that
     differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
-    from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`.
+    from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`. A run that
+    already finished (reached its steps, or stopped early) is not run again: its summary is
+    returned and its files are left as they are.
     """
     if not config.is_locked:
         config = config_lib.resolve_config(config)
@@ -229,10 +233,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
            restore_step: int | None) -> dict[str, Any]:
-    """The phases of a run, in order: set up, restore or initialise, open the outputs, the
-    dispatch loop (which runs the boundaries), finish."""
+    """The phases of a run, in order: the config check and whether the run already finished,
+    set up, restore or initialise, open the outputs, the dispatch loop (which runs the
+    boundaries), finish."""
     started = time.perf_counter()
-    setup = _set_up_workdir(config, workdir, allow_config_change)
+    if is_main_process():
+        check_config_unchanged(workdir, config, allow_config_change)
+    finished = _finished_run(config, workdir, restore_step)
+    if finished is not None:
+        return finished
+    setup = _set_up_workdir(config, workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
     iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
@@ -254,16 +264,105 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     return _finish(loop, run, workdir, time.perf_counter() - started, last_checkpoint)
 
 
+# A finished run ------------------------------------------------------------------------------
+
+
+def _finished_run(config: ml_collections.ConfigDict, workdir: Path,
+                  restore_step: int | None) -> dict[str, Any] | None:
+    """The summary of the run this workdir already finished, or None when there is one to
+    train. Decided before anything is built, from summary.json and the checkpoint directory
+    names; a finished run's files are left as they are. Every process follows process 0."""
+    summary = _finished_summary(config, workdir, restore_step) if is_main_process() else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        finished = multihost_utils.broadcast_one_to_all(np.int32(summary is not None))
+        if not is_main_process() and int(finished):
+            summary = _read_summary(workdir) or {}
+    return summary
+
+
+def _read_summary(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _saved_steps(workdir: Path) -> list[int]:
+    """The steps of the complete checkpoints (Orbax renames a checkpoint to its step when it is
+    complete), without opening a checkpoint manager, which would tidy the directory."""
+    directory = workdir / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and p.is_dir()) if directory.is_dir() else []
+
+
+def _finished_summary(config: ml_collections.ConfigDict, workdir: Path,
+                      restore_step: int | None) -> dict[str, Any] | None:
+    """A run is finished when its summary.json is that of its latest checkpoint (the summary
+    names it), it was not preempted, and it reached the config's number of steps or stopped
+    early (early stopping, a non-finite step). `--restore_step` of the latest checkpoint
+    continues a run that stopped early; of an older one, any run."""
+    summary = _read_summary(workdir)
+    if not summary or summary.get("preempted_by") or "steps" not in summary:
+        return None
+    saved = _saved_steps(workdir)
+    latest = saved[-1] if saved else None
+    checkpoint = summary.get("checkpoint")
+    if (Path(checkpoint).name if checkpoint else None) != (str(latest) if saved else None):
+        return None  # A later invocation saved checkpoints and did not finish.
+    if restore_step is not None and (restore_step != latest or summary.get("stopped_early")):
+        return None
+    target = _target_steps(config, workdir, summary)
+    if not summary.get("stopped_early") and summary["steps"] < target:
+        return None
+    if is_main_process():
+        print(_finished_message(summary, workdir, target, latest))
+    return summary
+
+
+def _target_steps(config: ml_collections.ConfigDict, workdir: Path,
+                  summary: dict[str, Any]) -> int:
+    """The config's number of steps; for a run given in epochs, the summary's when neither the
+    dataset nor the epochs changed, else counted from the dataset's train examples."""
+    if config.train.num_steps is not None:
+        return config.train.num_steps
+    counted_from = ("seed:", "dataset.", "train.num_epochs:", "train.num_steps:")
+    if ("num_steps" in summary
+            and not any(c.startswith(counted_from) for c in config_changes(workdir, config))):
+        return summary["num_steps"]
+    return config_lib.num_steps(config, config_lib.train_examples(config))
+
+
+def _finished_message(summary: dict[str, Any], workdir: Path, target: int,
+                      latest: int | None) -> str:
+    steps = summary["steps"]
+    if summary.get("stopped_early"):
+        stopped = f"stopped early at step {summary.get('stop_step', steps)}"
+        reason = summary.get("stop_reason")
+        again = (f"To train it further, resume its last checkpoint: --restore_step={latest} "
+                 "(with --allow_config_change for a changed config); or train in another "
+                 "--workdir." if latest is not None else "To train again, use another --workdir.")
+        head = f"{workdir} holds a finished run: it {stopped}" + (f" ({reason})" if reason else "")
+    else:
+        asked = f"{steps} of {target} steps" if steps == target else (
+            f"{steps} steps (the config asks for {target})")
+        head = f"{workdir} holds a finished run: {asked}"
+        again = (f"To train it longer, resume it with more steps: --config.train.num_steps=N "
+                 f"(N > {steps}) and --allow_config_change.")
+    return (f"{head}. Nothing to train: its files are left as they are.\n{again}\n"
+            f"From its summary.json:\n{_summary_line(summary)}")
+
+
 # Set up --------------------------------------------------------------------------------------
 
 
-def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path,
-                    allow_config_change: bool) -> Setup:
+def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path) -> Setup:
     """Build the plugins, then record in the workdir what runs: config.json and plugins.json
-    are written before any step, so that even a run that fails says what it was."""
+    are written before any step, so that even a run that fails says what it was. (`_train`
+    checked the config against the workdir's before.)"""
     setup = set_up(config)
     if is_main_process():
-        check_config_unchanged(workdir, config, allow_config_change)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
         write_json(workdir / "plugins.json", _provenance(config)["plugins"])
