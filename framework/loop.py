@@ -37,7 +37,7 @@ from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
-from framework.metrics import MetricsLog, read_metrics, summarize, write_json
+from framework.metrics import MetricsLog, eval_record, read_metrics, summarize, write_json
 from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
@@ -406,6 +406,8 @@ class _Run:
     zeros: Any = None  # On device: the accumulator right after a log.
     stop_reason: str = ""  # Why training stopped early (non-finite, a callback), if it did.
     preempted_by: str = ""  # The signal or preemption notice that ended the run, if one did.
+    final_state_by: str = ""  # The callback whose `final_state` replaced the last state, if one,
+    final_state_step: int | None = None  # and the step of the state it put in its place.
     timer: _Timer = dataclasses.field(default_factory=lambda: _Timer(0))
 
 
@@ -564,7 +566,9 @@ def _at_boundaries(loop: _Loop, run: _Run, stop_signal: StopSignal) -> bool:
     if step < setup.num_steps and stop_signal.should_stop():
         run.preempted_by = stop_signal.signal_name or "a preemption notice"
     if step == setup.num_steps or run.stop_reason:
-        run.state = _final_state(setup, run.state)
+        run.state, replaced_by, replaced_step = _final_state(setup, run.state)
+        if replaced_by:
+            run.final_state_by, run.final_state_step = replaced_by, replaced_step
     if boundaries.saves(step) or run.stop_reason or run.preempted_by:
         _save(loop, run)
     if run.stop_reason:
@@ -617,13 +621,19 @@ def _nonfinite_stop(setup: Setup, run: _Run) -> str:
     return nonfinite.stop_message(jax.device_get(run.accumulator), names)
 
 
-def _final_state(setup: Setup, state: TrainState) -> TrainState:
-    """The state the run ends with: a callback may replace it (early stopping's best)."""
-    for callback in setup.callbacks:
+def _final_state(setup: Setup, state: TrainState) -> tuple[TrainState, str, int | None]:
+    """The state the run ends with: a callback may replace it (early stopping's best). Also the
+    name of the (last) callback that did, or "", and the step of its state: the callback's
+    `final_state_step` attribute when it sets one (the loop's step it kept the state at), else
+    the state's own step counter."""
+    replaced_by, replaced_step = "", None
+    for name, callback in zip(setup.config.callbacks.keys(), setup.callbacks):
         candidate = callback.final_state(state)
         if candidate is not state:
-            state = jax.device_put(candidate, setup.state_sharding)
-    return state
+            state, replaced_by = jax.device_put(candidate, setup.state_sharding), name
+            replaced_step = getattr(callback, "final_state_step", None)
+            replaced_step = int(state.step) if replaced_step is None else int(replaced_step)
+    return state, replaced_by, replaced_step
 
 
 # Finish --------------------------------------------------------------------------------------
@@ -633,7 +643,7 @@ def _final_state(setup: Setup, state: TrainState) -> TrainState:
 _SUMMARY_KEYS = frozenset({
     "final", "best", "best_metric", "steps", "num_steps", "resumed_from_step", "stopped_early",
     "stop_reason", "preempted_by", "stop_step", "skipped_steps", "wall_time_s", "steps_per_sec",
-    "checkpoint"})
+    "checkpoint", "final_state_step", "final_state_eval", "final_state_restored_by"})
 
 
 def _check_logged_names(opt_state: Any) -> None:
@@ -650,8 +660,12 @@ def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
     stopped, its final and best eval metrics, the final state's `LoggedState` metrics and
     where its last checkpoint is; callbacks add to it. Then the summary line."""
     train_cfg = loop.setup.config.train
-    summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main_process() else [],
-                        train_cfg.best_metric, train_cfg.best_mode)
+    records = read_metrics(workdir / "metrics.jsonl") if is_main_process() else []
+    summary = summarize(records, train_cfg.best_metric, train_cfg.best_mode)
+    # The last checkpoint holds the last state, or the one a callback put in its place, or,
+    # after a non-finite step, the last good state, saved before.
+    final_state_step = (last_checkpoint if last_checkpoint != run.step
+                        else run.final_state_step if run.final_state_by else run.step)
     summary.update({
         "steps": run.step, "num_steps": loop.setup.num_steps,
         "resumed_from_step": run.start_step,
@@ -664,6 +678,9 @@ def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
         "steps_per_sec": round((run.step - run.start_step) / wall_time, 3),
         "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
                        if last_checkpoint is not None else None),
+        "final_state_step": final_state_step,
+        "final_state_eval": eval_record(records, final_state_step),
+        "final_state_restored_by": run.final_state_by or None,
     })
     summary.update({name: float(value)
                     for name, value in logged_metrics(run.state.opt_state).items()})
@@ -685,11 +702,20 @@ def _summary_line(summary: dict[str, Any]) -> str:
                  f"{best['step']}" if best else f"no {summary['best_metric']} logged")
     resumed = summary["resumed_from_step"]
     resumed_text = f" (resumed from step {resumed})" if resumed else ""
+    final, checkpoint = f"final: {metrics(summary['final'])}", summary["checkpoint"]
+    restored_by = summary.get("final_state_restored_by")
+    if restored_by:  # The checkpoint holds an earlier state than the last evaluated one.
+        held = summary.get("final_state_eval") or {}
+        final = (f"last eval (step {summary['final'].get('step')}): "
+                 f"{metrics(summary['final'])}")
+        checkpoint += (f" holds the step-{summary['final_state_step']} state "
+                       f"({metrics(held) if held else 'not evaluated'}), restored by "
+                       f"{restored_by}")
     return (f"Done: {summary['steps']} steps{resumed_text} in {summary['wall_time_s']:.1f}s, "
             f"{summary['steps_per_sec']:.1f} steps/s\n"
-            f"  final: {metrics(summary['final'])}\n"
+            f"  {final}\n"
             f"  best:  {best_text}\n"
-            f"  checkpoint: {summary['checkpoint']}")
+            f"  checkpoint: {checkpoint}")
 
 
 def restore(workdir: str | Path, step: int | None = None
