@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict({"name": "tfds", "tfds_name": "mnist",
                                                 "batch_size": 64, "eval_batch_size": 1000})
     config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3,
+                                                  "eps": 1e-7,  # Keras' Adam (optax: 1e-8).
                                                   "schedule": "cosine"})
     config.augmentations = ml_collections.ConfigDict()  # Applied in the order written.
     config.augmentations.rotate = ml_collections.ConfigDict({"degrees": 10.0})

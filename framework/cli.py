@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True,
                                             metavar="COMMAND")
     config_show = config_commands.add_parser(
-        "show", allow_abbrev=False, help="print the resolved, validated config")
+        "show", allow_abbrev=False,
+        help="print the resolved, validated config (train.num_steps counted from num_epochs)")
     config_show.add_argument("--config", required=True, metavar="PATH")
     return parser
 
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "config":
             from framework import config as config_lib
 
-            print(config_lib.format_config(config_lib.load_config(args.config, extra)))
+            print(config_lib.format_resolved(config_lib.load_config(args.config, extra)))
         elif args.command == "train":
             from framework import config as config_lib
 

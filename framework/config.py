@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,8 @@ import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
-from framework.kinds import KINDS
+from framework.kinds import DATASETS, KINDS
+from framework.plugin import DataContext
 from framework.registry import close_matches, registry
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -643,6 +645,60 @@ def format_config(config: ml_collections.ConfigDict) -> str:
     return "\n".join(f"{path} = {{}}" if is_section(value) else f"{path} = {value!r}"
                      for path, value in flatten(config)
                      if not (is_section(value) and len(value)))
+
+
+def format_resolved(config: ml_collections.ConfigDict) -> str:
+    """`format_config`, with the number of steps resolved (`jaxforge config show`): for a run
+    given in epochs, `train.num_steps = 1348  # from train.num_epochs=60.0 x 1437 train examples
+    / batch 64, rounded up`; the train split's size comes from building the dataset plugin."""
+    text = format_config(config)
+    if config.train.num_steps is not None:
+        return text
+    try:
+        num_train = train_examples(config)
+    except Exception as error:  # The config is valid; only the step count is unknown here.
+        message = (str(error).strip().splitlines() or [""])[0]
+        message = message if len(message) <= 160 else message[:157] + "..."
+        reason = type(error).__name__ + (f": {message}" if message else "")
+        line = (f"train.num_steps = None  # train.num_epochs={config.train.num_epochs!r} x the "
+                f"train examples / batch {config.dataset.batch_size}; the dataset could not be "
+                f"built to count them ({reason})")
+    else:
+        line = (f"train.num_steps = {num_steps(config, num_train)}  # from "
+                f"{num_steps_origin(config, num_train)}")
+    return "\n".join(line if text_line == "train.num_steps = None" else text_line
+                     for text_line in text.splitlines())
+
+
+# Run length ----------------------------------------------------------------------------------
+
+
+def num_steps(config: ml_collections.ConfigDict, num_train: int | None = None) -> int:
+    """The run's optimizer steps: `train.num_steps`, or `train.num_epochs` of `num_train` train
+    examples (the dataset's metadata) in batches of `dataset.batch_size`, rounded up."""
+    if config.train.num_steps is not None:
+        return config.train.num_steps
+    if num_train is None:
+        raise ValueError("train.num_epochs is set: the number of steps needs num_train.")
+    return math.ceil(config.train.num_epochs * num_train / config.dataset.batch_size)
+
+
+def num_steps_origin(config: ml_collections.ConfigDict, num_train: int | None = None) -> str:
+    """Where `num_steps` comes from, e.g. `train.num_epochs=60.0 x 1437 train examples /
+    batch 64, rounded up`."""
+    if config.train.num_steps is not None:
+        return f"train.num_steps={config.train.num_steps}"
+    epochs = config.train.num_epochs
+    exact = epochs * num_train / config.dataset.batch_size
+    return (f"train.num_epochs={epochs!r} x {num_train} train examples / batch "
+            f"{config.dataset.batch_size}" + ("" if exact == int(exact) else ", rounded up"))
+
+
+def train_examples(config: ml_collections.ConfigDict) -> int:
+    """The size of the train split, from the metadata of the dataset plugin (built here)."""
+    dataset = registry.load(DATASETS, config.dataset.name).build(
+        config.dataset, DataContext(seed=config.seed))
+    return dataset.metadata.num_train
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -2,6 +2,7 @@
 
 `_train` runs the phases of a run in order, one function each:
 
+    _finished_run           a run this workdir already finished: its summary, nothing written
     _set_up_workdir         build the plugins; config.json, plugins.json
     _restore_or_initialise  the state, the data position and pending metric sums (`_Run`)
     _open_loop              parameters.txt, the start message, the outputs (`_Loop`)
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
-from framework.metrics import MetricsLog, read_metrics, summarize, write_json
+from framework.metrics import MetricsLog, eval_record, read_metrics, summarize, write_json
 from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
@@ -59,7 +60,7 @@ from framework.step import (
 )
 from framework.tensorboard_log import TensorBoardLog
 from framework.update_rule import update_rule
-from framework.workdir import WorkdirLock, check_config_unchanged
+from framework.workdir import WorkdirLock, check_config_unchanged, config_changes
 
 
 @dataclasses.dataclass
@@ -92,8 +93,7 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
                                   mesh, "dataset.batch_size / train.accumulation_steps")
     mesh_lib.check_batch_fits(config.dataset.eval_batch_size or config.dataset.batch_size, mesh,
                               "dataset.eval_batch_size")
-    num_steps = config.train.num_steps or math.ceil(
-        config.train.num_epochs * metadata.num_train / config.dataset.batch_size)
+    num_steps = config_lib.num_steps(config, metadata.num_train)
 
     model = build_model(registry.load(kinds.MODELS, config.model.name), config.model, metadata,
                         jnp.dtype(config.train.precision), config.model.name)
@@ -220,7 +220,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
     A workdir holds one run: a second concurrent run is refused, and resuming with a config that
     differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
-    from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`.
+    from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`. A run that
+    already finished (reached its steps, or stopped early) is not run again: its summary is
+    returned and its files are left as they are.
     """
     if not config.is_locked:
         config = config_lib.resolve_config(config)
@@ -231,10 +233,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
            restore_step: int | None) -> dict[str, Any]:
-    """The phases of a run, in order: set up, restore or initialise, open the outputs, the
-    dispatch loop (which runs the boundaries), finish."""
+    """The phases of a run, in order: the config check and whether the run already finished,
+    set up, restore or initialise, open the outputs, the dispatch loop (which runs the
+    boundaries), finish."""
     started = time.perf_counter()
-    setup = _set_up_workdir(config, workdir, allow_config_change)
+    if is_main_process():
+        check_config_unchanged(workdir, config, allow_config_change)
+    finished = _finished_run(config, workdir, restore_step)
+    if finished is not None:
+        return finished
+    setup = _set_up_workdir(config, workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
     iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
@@ -256,16 +264,105 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     return _finish(loop, run, workdir, time.perf_counter() - started, last_checkpoint)
 
 
+# A finished run ------------------------------------------------------------------------------
+
+
+def _finished_run(config: ml_collections.ConfigDict, workdir: Path,
+                  restore_step: int | None) -> dict[str, Any] | None:
+    """The summary of the run this workdir already finished, or None when there is one to
+    train. Decided before anything is built, from summary.json and the checkpoint directory
+    names; a finished run's files are left as they are. Every process follows process 0."""
+    summary = _finished_summary(config, workdir, restore_step) if is_main_process() else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        finished = multihost_utils.broadcast_one_to_all(np.int32(summary is not None))
+        if not is_main_process() and int(finished):
+            summary = _read_summary(workdir) or {}
+    return summary
+
+
+def _read_summary(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _saved_steps(workdir: Path) -> list[int]:
+    """The steps of the complete checkpoints (Orbax renames a checkpoint to its step when it is
+    complete), without opening a checkpoint manager, which would tidy the directory."""
+    directory = workdir / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and p.is_dir()) if directory.is_dir() else []
+
+
+def _finished_summary(config: ml_collections.ConfigDict, workdir: Path,
+                      restore_step: int | None) -> dict[str, Any] | None:
+    """A run is finished when its summary.json is that of its latest checkpoint (the summary
+    names it), it was not preempted, and it reached the config's number of steps or stopped
+    early (early stopping, a non-finite step). `--restore_step` of the latest checkpoint
+    continues a run that stopped early; of an older one, any run."""
+    summary = _read_summary(workdir)
+    if not summary or summary.get("preempted_by") or "steps" not in summary:
+        return None
+    saved = _saved_steps(workdir)
+    latest = saved[-1] if saved else None
+    checkpoint = summary.get("checkpoint")
+    if (Path(checkpoint).name if checkpoint else None) != (str(latest) if saved else None):
+        return None  # A later invocation saved checkpoints and did not finish.
+    if restore_step is not None and (restore_step != latest or summary.get("stopped_early")):
+        return None
+    target = _target_steps(config, workdir, summary)
+    if not summary.get("stopped_early") and summary["steps"] < target:
+        return None
+    if is_main_process():
+        print(_finished_message(summary, workdir, target, latest))
+    return summary
+
+
+def _target_steps(config: ml_collections.ConfigDict, workdir: Path,
+                  summary: dict[str, Any]) -> int:
+    """The config's number of steps; for a run given in epochs, the summary's when neither the
+    dataset nor the epochs changed, else counted from the dataset's train examples."""
+    if config.train.num_steps is not None:
+        return config.train.num_steps
+    counted_from = ("seed:", "dataset.", "train.num_epochs:", "train.num_steps:")
+    if ("num_steps" in summary
+            and not any(c.startswith(counted_from) for c in config_changes(workdir, config))):
+        return summary["num_steps"]
+    return config_lib.num_steps(config, config_lib.train_examples(config))
+
+
+def _finished_message(summary: dict[str, Any], workdir: Path, target: int,
+                      latest: int | None) -> str:
+    steps = summary["steps"]
+    if summary.get("stopped_early"):
+        stopped = f"stopped early at step {summary.get('stop_step', steps)}"
+        reason = summary.get("stop_reason")
+        again = (f"To train it further, resume its last checkpoint: --restore_step={latest} "
+                 "(with --allow_config_change for a changed config); or train in another "
+                 "--workdir." if latest is not None else "To train again, use another --workdir.")
+        head = f"{workdir} holds a finished run: it {stopped}" + (f" ({reason})" if reason else "")
+    else:
+        asked = f"{steps} of {target} steps" if steps == target else (
+            f"{steps} steps (the config asks for {target})")
+        head = f"{workdir} holds a finished run: {asked}"
+        again = (f"To train it longer, resume it with more steps: --config.train.num_steps=N "
+                 f"(N > {steps}) and --allow_config_change.")
+    return (f"{head}. Nothing to train: its files are left as they are.\n{again}\n"
+            f"From its summary.json:\n{_summary_line(summary)}")
+
+
 # Set up --------------------------------------------------------------------------------------
 
 
-def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path,
-                    allow_config_change: bool) -> Setup:
+def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path) -> Setup:
     """Build the plugins, then record in the workdir what runs: config.json and plugins.json
-    are written before any step, so that even a run that fails says what it was."""
+    are written before any step, so that even a run that fails says what it was. (`_train`
+    checked the config against the workdir's before.)"""
     setup = set_up(config)
     if is_main_process():
-        check_config_unchanged(workdir, config, allow_config_change)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
         write_json(workdir / "plugins.json", _provenance(config)["plugins"])
@@ -309,6 +406,8 @@ class _Run:
     zeros: Any = None  # On device: the accumulator right after a log.
     stop_reason: str = ""  # Why training stopped early (non-finite, a callback), if it did.
     preempted_by: str = ""  # The signal or preemption notice that ended the run, if one did.
+    final_state_by: str = ""  # The callback whose `final_state` replaced the last state, if one,
+    final_state_step: int | None = None  # and the step of the state it put in its place.
     timer: _Timer = dataclasses.field(default_factory=lambda: _Timer(0))
 
 
@@ -468,7 +567,9 @@ def _at_boundaries(loop: _Loop, run: _Run, stop_signal: StopSignal) -> bool:
     if step < setup.num_steps and stop_signal.should_stop():
         run.preempted_by = stop_signal.signal_name or "a preemption notice"
     if step == setup.num_steps or run.stop_reason:
-        run.state = _final_state(setup, run.state)
+        run.state, replaced_by, replaced_step = _final_state(setup, run.state)
+        if replaced_by:
+            run.final_state_by, run.final_state_step = replaced_by, replaced_step
     if boundaries.saves(step) or run.stop_reason or run.preempted_by:
         _save(loop, run)
     if run.stop_reason:
@@ -521,13 +622,19 @@ def _nonfinite_stop(setup: Setup, run: _Run) -> str:
     return nonfinite.stop_message(jax.device_get(run.accumulator), names)
 
 
-def _final_state(setup: Setup, state: TrainState) -> TrainState:
-    """The state the run ends with: a callback may replace it (early stopping's best)."""
-    for callback in setup.callbacks:
+def _final_state(setup: Setup, state: TrainState) -> tuple[TrainState, str, int | None]:
+    """The state the run ends with: a callback may replace it (early stopping's best). Also the
+    name of the (last) callback that did, or "", and the step of its state: the callback's
+    `final_state_step` attribute when it sets one (the loop's step it kept the state at), else
+    the state's own step counter."""
+    replaced_by, replaced_step = "", None
+    for name, callback in zip(setup.config.callbacks.keys(), setup.callbacks):
         candidate = callback.final_state(state)
         if candidate is not state:
-            state = jax.device_put(candidate, setup.state_sharding)
-    return state
+            state, replaced_by = jax.device_put(candidate, setup.state_sharding), name
+            replaced_step = getattr(callback, "final_state_step", None)
+            replaced_step = int(state.step) if replaced_step is None else int(replaced_step)
+    return state, replaced_by, replaced_step
 
 
 # Finish --------------------------------------------------------------------------------------
@@ -537,7 +644,7 @@ def _final_state(setup: Setup, state: TrainState) -> TrainState:
 _SUMMARY_KEYS = frozenset({
     "final", "best", "best_metric", "steps", "num_steps", "resumed_from_step", "stopped_early",
     "stop_reason", "preempted_by", "stop_step", "skipped_steps", "wall_time_s", "steps_per_sec",
-    "checkpoint"})
+    "checkpoint", "final_state_step", "final_state_eval", "final_state_restored_by"})
 
 
 def _check_logged_names(opt_state: Any) -> None:
@@ -554,8 +661,12 @@ def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
     stopped, its final and best eval metrics, the final state's `LoggedState` metrics and
     where its last checkpoint is; callbacks add to it. Then the summary line."""
     train_cfg = loop.setup.config.train
-    summary = summarize(read_metrics(workdir / "metrics.jsonl") if is_main_process() else [],
-                        train_cfg.best_metric, train_cfg.best_mode)
+    records = read_metrics(workdir / "metrics.jsonl") if is_main_process() else []
+    summary = summarize(records, train_cfg.best_metric, train_cfg.best_mode)
+    # The last checkpoint holds the last state, or the one a callback put in its place, or,
+    # after a non-finite step, the last good state, saved before.
+    final_state_step = (last_checkpoint if last_checkpoint != run.step
+                        else run.final_state_step if run.final_state_by else run.step)
     summary.update({
         "steps": run.step, "num_steps": loop.setup.num_steps,
         "resumed_from_step": run.start_step,
@@ -568,6 +679,9 @@ def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
         "steps_per_sec": round((run.step - run.start_step) / wall_time, 3),
         "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
                        if last_checkpoint is not None else None),
+        "final_state_step": final_state_step,
+        "final_state_eval": eval_record(records, final_state_step),
+        "final_state_restored_by": run.final_state_by or None,
     })
     summary.update({name: float(value)
                     for name, value in logged_metrics(run.state.opt_state).items()})
@@ -589,11 +703,20 @@ def _summary_line(summary: dict[str, Any]) -> str:
                  f"{best['step']}" if best else f"no {summary['best_metric']} logged")
     resumed = summary["resumed_from_step"]
     resumed_text = f" (resumed from step {resumed})" if resumed else ""
+    final, checkpoint = f"final: {metrics(summary['final'])}", summary["checkpoint"]
+    restored_by = summary.get("final_state_restored_by")
+    if restored_by:  # The checkpoint holds an earlier state than the last evaluated one.
+        held = summary.get("final_state_eval") or {}
+        final = (f"last eval (step {summary['final'].get('step')}): "
+                 f"{metrics(summary['final'])}")
+        checkpoint += (f" holds the step-{summary['final_state_step']} state "
+                       f"({metrics(held) if held else 'not evaluated'}), restored by "
+                       f"{restored_by}")
     return (f"Done: {summary['steps']} steps{resumed_text} in {summary['wall_time_s']:.1f}s, "
             f"{summary['steps_per_sec']:.1f} steps/s\n"
-            f"  final: {metrics(summary['final'])}\n"
+            f"  {final}\n"
             f"  best:  {best_text}\n"
-            f"  checkpoint: {summary['checkpoint']}")
+            f"  checkpoint: {checkpoint}")
 
 
 def restore(workdir: str | Path, step: int | None = None

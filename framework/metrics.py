@@ -40,6 +40,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def eval_record(records: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
+    """The eval metrics logged at `step` (with `step`), as `summarize`'s records; {} if none."""
+    for record in records:
+        if record.get("step") == step and any(k.startswith("eval/") for k in record):
+            return {k: v for k, v in record.items() if k == "step" or k.startswith("eval/")}
+    return {}
+
+
 def summarize(records: list[dict[str, Any]], best_metric: str, best_mode: str) -> dict[str, Any]:
     """`final`: the last eval metrics; `best`: the eval record that is best on `best_metric`."""
     evals = [{k: v for k, v in r.items() if k == "step" or k.startswith("eval/")}

@@ -4,7 +4,8 @@ After each evaluation, the metric is compared with the best so far; an evaluatio
 beat it by more than `min_delta` counts towards `patience`. After `patience` such evaluations
 in a row the run stops (summary.json: `stopped_early`, `stop_step`, `stop_reason`). With
 `restore_best`, the run ends with the state of the best evaluation: its final checkpoint holds
-the best params (summary.json: `early_stopping.best_step`).
+the best params (summary.json: `early_stopping.best_step`, and the framework's
+`final_state_step`, `final_state_eval`, `final_state_restored_by`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class EarlyStopping(framework.Callback):
         self.restore_best = config.restore_best
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_step: int | None = None
+        self.final_state_step: int | None = None  # The step of the state `final_state` returns.
         # On the host: the device buffers are donated to the next step.
         self.best_state: framework.HostCopy | None = None
         self.evaluations_without_improvement = 0
@@ -54,6 +56,7 @@ class EarlyStopping(framework.Callback):
 
     def final_state(self, state: Any) -> Any:
         if self.restore_best and self.best_state is not None:
+            self.final_state_step = self.best_step
             return self.best_state.to_devices()
         return state
 

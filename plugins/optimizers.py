@@ -2,7 +2,9 @@
 
 Every optimizer has the schedule fields of `framework.schedule_fields()`: `learning_rate`,
 `schedule` (constant | cosine | warmup_cosine | piecewise), `warmup_steps`,
-`end_learning_rate`, `boundaries`, `scales`.
+`end_learning_rate`, `boundaries`, `scales`. Adam's and AdamW's other fields default to optax's
+values: `b1=0.9`, `b2=0.999`, `eps=1e-8` (PyTorch's too), AdamW `weight_decay=1e-4` (PyTorch's
+AdamW: 1e-2). Keras uses `eps=1e-7`: the experiments that reproduce the Keras tutorial set it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def _sgd_config() -> ml_collections.ConfigDict:
 
 _ADAM = {"b1": (0.9, "Decay rate of the first-moment (mean) estimate."),
          "b2": (0.999, "Decay rate of the second-moment (uncentred variance) estimate.")}
-_EPS = "Added to the denominator for numerical stability."
+_EPS = ("Added to the denominator for numerical stability; 1e-8 as in optax and PyTorch "
+        "(Keras: 1e-7).")
 
 
 def _sgd(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
@@ -50,9 +53,9 @@ sgd = framework.Plugin(
     description="Stochastic gradient descent with optional (Nesterov) momentum.")
 
 adam = framework.Plugin(
-    build=_adam, default_config=lambda: _fields(**_ADAM, eps=(1e-7, _EPS)),
+    build=_adam, default_config=lambda: _fields(**_ADAM, eps=(1e-8, _EPS)),
     validate=framework.validate_schedule, api_version=1,
-    description="Adam (eps=1e-7 as in Keras).")
+    description="Adam (optax.adam; optax's defaults: eps=1e-8, Keras uses 1e-7).")
 
 adamw = framework.Plugin(
     build=_adamw,
@@ -60,4 +63,5 @@ adamw = framework.Plugin(
         **_ADAM, eps=(1e-8, _EPS),
         weight_decay=(1e-4, "Decoupled weight decay, scaled by the learning rate (optax.adamw).")),
     validate=framework.validate_schedule, api_version=1,
-    description="Adam with decoupled weight decay.")
+    description="Adam with decoupled weight decay (optax.adamw; optax's defaults: eps=1e-8, "
+                "weight_decay=1e-4).")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,78 @@ def test_a_config_error_comes_before_jax_and_the_plugins_are_imported(tmp_path, 
                             timeout=300)
     assert result.stdout.strip() == "2 []", result.stdout + result.stderr
     assert message in result.stderr
+
+
+def test_config_show_resolves_epochs_to_steps(experiment, capsys):
+    assert main(["config", "show", "--config", "experiments/digits_cnn.py"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert ("train.num_steps = 1348  # from train.num_epochs=60.0 x 1437 train examples / "
+            "batch 64, rounded up") in shown  # ceil(60 * 1437 / 64), as the run counts them.
+    assert "train.num_epochs = 60.0" in shown
+    assert main(["config", "show", "--config", experiment, "--config.train.num_epochs=2"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "train.num_steps = 16  # from train.num_epochs=2.0 x 128 train examples / batch 16" \
+        in shown
+    assert main(["config", "show", "--config", experiment]) == 0  # Given in steps: as written.
+    assert "train.num_steps = 16" in capsys.readouterr().out.splitlines()
+
+
+def test_config_show_says_why_steps_are_unknown_when_the_dataset_cannot_be_built(
+        experiment, capsys):
+    import framework
+
+    def build(config, context):
+        raise OSError("no data here\nsecond line")
+
+    broken = framework.Plugin(build=build, api_version=framework.PLUGIN_API_VERSION,
+                              default_config=lambda: framework.registry.load(
+                                  "datasets", "synthetic").default_config())
+    with framework.registry.registered("datasets", "offline", broken):
+        status = main(["config", "show", "--config", experiment, "--config.dataset.name=offline",
+                       "--config.train.num_epochs=2"])
+    assert status == 0
+    assert ("train.num_steps = None  # train.num_epochs=2.0 x the train examples / batch 16; "
+            "the dataset could not be built to count them (OSError: no data here)"
+            in capsys.readouterr().out.splitlines())
+
+
+def snapshot(workdir: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every file's bytes and every path's mtime, but the lock's (it names the last user)."""
+    return {str(p.relative_to(workdir)): (p.read_bytes() if p.is_file() else None,
+                                          p.stat().st_mtime_ns)
+            for p in sorted(workdir.rglob("*")) if p.name != ".lock"}
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_left_as_it_is_and_trains_longer_when_asked(tmp_path, experiment,
+                                                                       capsys):
+    import framework
+
+    workdir = tmp_path / "run"
+    train = ["train", "--config", experiment, "--workdir", str(workdir)]
+    assert main(train) == 0
+    capsys.readouterr()
+    before = snapshot(workdir)
+    assert {"config.json", "plugins.json", "metrics.jsonl", "summary.json", "parameters.txt",
+            "checkpoints/16"} <= set(before)
+    assert any(name.startswith("events.out.tfevents") for name in before)
+    summary = json.loads((workdir / "summary.json").read_text())
+
+    assert main(train) == 0
+    out = capsys.readouterr().out
+    assert f"{workdir} holds a finished run: 16 of 16 steps. Nothing to train" in out
+    assert "--config.train.num_steps=N (N > 16) and --allow_config_change." in out
+    assert "Resuming" not in out
+    assert snapshot(workdir) == before
+    assert framework.train(framework.load_config(experiment), workdir) == summary
+    assert snapshot(workdir) == before
+
+    # What the message says to do: more steps are refused without --allow_config_change ...
+    assert main([*train, "--config.train.num_steps=24"]) == 2
+    assert "--allow_config_change" in capsys.readouterr().err
+    assert snapshot(workdir) == before
+    # ... and resume the run with them.
+    assert main([*train, "--config.train.num_steps=24", "--allow_config_change"]) == 0
+    assert "Resuming from the step-16 checkpoint" in capsys.readouterr().out
+    resumed = json.loads((workdir / "summary.json").read_text())
+    assert resumed["steps"] == 24 and resumed["resumed_from_step"] == 16

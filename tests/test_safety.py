@@ -138,12 +138,13 @@ def test_corrupted_checkpoint_names_the_step_and_restore_step_picks_another(tmp_
     for path in (tmp_path / "checkpoints" / "40" / "state").rglob("*"):
         if path.is_file():
             path.write_bytes(b"garbage")
+    longer = framework.resolve_config(tiny(train={"num_steps": 60}))  # Finished: train longer.
     with pytest.raises(framework.JaxforgeError) as error:
-        framework.train(config, tmp_path)
+        framework.train(longer, tmp_path, allow_config_change=True)
     message = str(error.value)
     assert "step-40 checkpoint" in message and "--restore_step" in message and "[20]" in message
-    summary = framework.train(config, tmp_path, restore_step=20)
-    assert summary["resumed_from_step"] == 20 and summary["steps"] == 40
+    summary = framework.train(longer, tmp_path, restore_step=20)
+    assert summary["resumed_from_step"] == 20 and summary["steps"] == 60
     assert [p.name.split(".")[0] for p in (tmp_path / "abandoned_checkpoints").iterdir()] == [
         "40"]  # Set aside, not deleted.
 
@@ -156,10 +157,9 @@ def test_changed_config_is_refused_unless_allowed(tmp_path, tiny, capsys):
         framework.train(changed, tmp_path)
     assert "optimizer.learning_rate: 0.01 -> 0.02" in str(error.value)
     assert "--allow_config_change" in str(error.value)
+    # Allowed; the run is finished, so nothing trains and config.json stays as it was.
     assert framework.train(changed, tmp_path, allow_config_change=True)["steps"] == 20
-    other_mesh = framework.resolve_config(tiny(train={"num_steps": 20},
-                                               optimizer={"learning_rate": 0.02},
-                                               mesh={"data": 4}))
+    other_mesh = framework.resolve_config(tiny(train={"num_steps": 20}, mesh={"data": 4}))
     assert framework.train(other_mesh, tmp_path)["steps"] == 20  # The machine may change.
 
 

@@ -201,6 +201,47 @@ def test_early_stopping_restores_the_best_params(tmp_path, tiny):
     jax.tree.map(np.testing.assert_array_equal, final.params, best.params)
 
 
+def test_the_summary_names_the_state_the_final_checkpoint_holds(tmp_path, tiny, capsys):
+    stopping = {"metric": "eval/accuracy", "mode": "max", "patience": 1, "min_delta": 1.0}
+    config = tiny(train={"eval_every_steps": 10}, checkpoint={"every_steps": 10},
+                  callbacks={"early_stopping": stopping})
+    summary = run(config, tmp_path / "best")  # Stops at step 20, restoring step 10's state.
+    out = capsys.readouterr().out
+    evaluated = {r["step"]: {k: v for k, v in r.items() if k == "step" or k.startswith("eval/")}
+                 for r in records(tmp_path / "best") if "eval/loss" in r}
+    assert summary["final"] == evaluated[20]  # The last evaluation, as before.
+    assert summary["final_state_step"] == 10 and int(state_of(tmp_path / "best").step) == 10
+    assert summary["final_state_eval"] == evaluated[10]
+    assert summary["final_state_restored_by"] == "early_stopping"
+    saved = json.loads((tmp_path / "best" / "summary.json").read_text())
+    assert {k: saved[k] for k in ("final_state_step", "final_state_eval",
+                                  "final_state_restored_by")} == {
+        "final_state_step": 10, "final_state_eval": evaluated[10],
+        "final_state_restored_by": "early_stopping"}
+    held = ", ".join(f"{k} {v:.4f}" for k, v in evaluated[10].items() if k != "step")
+    assert (f"checkpoints/20 holds the step-10 state ({held}), restored by early_stopping"
+            in out)
+    assert "  last eval (step 20): eval/" in out and "  final:" not in out
+
+    # Finished: the same run again changes nothing; --restore_step continues it as it says.
+    assert run(config, tmp_path / "best") == saved
+    out = capsys.readouterr().out
+    assert "holds a finished run: it stopped early at step 20 (eval/accuracy did not" in out
+    assert "--restore_step=20" in out
+    continued = run(config, tmp_path / "best", restore_step=20)
+    assert continued["resumed_from_step"] == 20 and continued["steps"] == 40
+    capsys.readouterr()
+
+    stopping["restore_best"] = False  # Ends with the last state: the checkpoint holds that.
+    summary = run(tiny(train={"eval_every_steps": 10}, checkpoint={"every_steps": 10},
+                       callbacks={"early_stopping": stopping}), tmp_path / "last")
+    assert summary["final_state_step"] == summary["stop_step"] == 20
+    assert summary["final_state_eval"] == summary["final"]
+    assert summary["final_state_restored_by"] is None
+    out = capsys.readouterr().out
+    assert "  final: eval/" in out and "holds the" not in out
+
+
 def test_pruning_reaches_its_schedule_and_masks_survive_updates_and_resume(tmp_path, tiny):
     pruning = {"magnitude_pruning": {"target_sparsity": 0.5, "begin_step": 0, "end_step": 20,
                                      "frequency": 10}}
