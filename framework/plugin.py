@@ -73,6 +73,9 @@ class Callback:
 
     stop_training: bool = False
     stop_reason: str = ""
+    # When `final_state` returns another state: the step it was kept at, so that summary.json
+    # and the end-of-run line say which state the final checkpoint holds.
+    final_state_step: int | None = None
 
     def on_log(self, step: int, metrics: dict[str, float], state: Any) -> None:
         """After train metrics are logged."""
@@ -86,7 +89,7 @@ class Callback:
     def final_state(self, state: Any) -> Any:
         """Once, before the final checkpoint: the state the run ends with. Return `state`, or
         another state of the same structure (on host or device), e.g. the best evaluated one
-        for early stopping with `restore_best`."""
+        for early stopping with `restore_best`; then set `final_state_step` to its step."""
         return state
 
     def on_end(self, summary: dict[str, Any], state: Any) -> None:
