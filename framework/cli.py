@@ -237,78 +237,111 @@ def _plugins_check(ids: Sequence[str], kind: str | None, config_path: str | None
     return 1 if failed else 0
 
 
+def _plugins(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.plugins_command == "check":
+        return _plugins_check(args.ids, args.kind, args.config, extra, args.verbose)
+    if args.plugins_command == "list":
+        _plugins_list(args.kind, args.json)
+    else:
+        _plugins_show(args.id, args.kind)
+    return 0
+
+
+def _new_plugin(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import scaffold
+
+    target = scaffold.new_plugin(args.name, args.dir)
+    print(scaffold.next_steps(target, args.name))
+    return 0
+
+
+def _config_show(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import config as config_lib
+
+    print(config_lib.format_resolved(config_lib.load_config(args.config, extra)))
+    return 0
+
+
+def _train(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import config as config_lib
+
+    if _joins_other_processes(args):  # Before get_config(), which may ask for devices.
+        _initialize_distributed(args)
+    # A wrong framework key, type or plugin name fails before any plugin's module, and so
+    # JAX, is imported (docs/performance.md, "Memory and start-up").
+    config = config_lib.load_config(args.config, extra)
+    from framework import loop
+
+    loop.train(config, args.workdir, allow_config_change=args.allow_config_change,
+               restore_step=args.restore_step)
+    return 0
+
+
+def _eval(args: argparse.Namespace, extra: list[str]) -> int:
+    _initialize_distributed(args)
+    from framework import loop
+
+    metrics = loop.evaluate(args.workdir, args.step)
+    if loop.is_main_process():
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _doctor(args: argparse.Namespace, extra: list[str]) -> int:
+    _initialize_distributed(args)
+    import jax
+
+    from framework import doctor
+
+    text = doctor.report(args.config, extra)
+    if jax.process_index() == 0:
+        print(text)
+    return 0
+
+
+def _plot(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import plot
+
+    figure = plot.plot_workdirs(args.workdirs, args.output, args.metric)
+    panels = sum(ax.get_visible() for ax in figure.axes)
+    print(f"Wrote {args.output}: {panels} panel(s), {len(args.workdirs)} run(s).")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import sweep
+
+    axes, overrides = sweep.split_sweep_args(extra)
+    sweep.run_sweep(args.config, args.workdir, axes, overrides)
+    return 0
+
+
+_COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
+             "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep}
+"""Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
+
+
+def _takes_overrides(args: argparse.Namespace) -> bool:
+    return (args.command in ("train", "sweep")
+            or (args.command == "doctor" and args.config is not None)
+            or getattr(args, "config_command", None) == "show"
+            or getattr(args, "plugins_command", None) == "check")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `jaxforge` command; a JaxforgeError is one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
-    takes_overrides = (args.command in ("train", "sweep")
-                       or (args.command == "doctor" and args.config is not None)
-                       or getattr(args, "config_command", None) == "show"
-                       or getattr(args, "plugins_command", None) == "check")
-    if extra and not takes_overrides:
+    if extra and not _takes_overrides(args):
         _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "plugins":
-            if args.plugins_command == "list":
-                _plugins_list(args.kind, args.json)
-            elif args.plugins_command == "check":
-                return _plugins_check(args.ids, args.kind, args.config, extra, args.verbose)
-            else:
-                _plugins_show(args.id, args.kind)
-        elif args.command == "new-plugin":
-            from framework import scaffold
-
-            target = scaffold.new_plugin(args.name, args.dir)
-            print(scaffold.next_steps(target, args.name))
-        elif args.command == "config":
-            from framework import config as config_lib
-
-            print(config_lib.format_resolved(config_lib.load_config(args.config, extra)))
-        elif args.command == "train":
-            from framework import config as config_lib
-
-            if _joins_other_processes(args):  # Before get_config(), which may ask for devices.
-                _initialize_distributed(args)
-            # A wrong framework key, type or plugin name fails before any plugin's module, and so
-            # JAX, is imported (docs/performance.md, "Memory and start-up").
-            config = config_lib.load_config(args.config, extra)
-            from framework import loop
-
-            loop.train(config, args.workdir, allow_config_change=args.allow_config_change,
-                       restore_step=args.restore_step)
-        elif args.command == "eval":
-            _initialize_distributed(args)
-            from framework import loop
-
-            metrics = loop.evaluate(args.workdir, args.step)
-            if loop.is_main_process():
-                print(json.dumps(metrics, indent=2))
-        elif args.command == "doctor":
-            _initialize_distributed(args)
-            import jax
-
-            from framework import doctor
-
-            text = doctor.report(args.config, extra)
-            if jax.process_index() == 0:
-                print(text)
-        elif args.command == "plot":
-            from framework import plot
-
-            figure = plot.plot_workdirs(args.workdirs, args.output, args.metric)
-            panels = sum(ax.get_visible() for ax in figure.axes)
-            print(f"Wrote {args.output}: {panels} panel(s), {len(args.workdirs)} run(s).")
-        elif args.command == "sweep":
-            from framework import sweep
-
-            axes, overrides = sweep.split_sweep_args(extra)
-            sweep.run_sweep(args.config, args.workdir, axes, overrides)
+        return _COMMANDS[args.command](args, extra)
     except JaxforgeError as error:
         print(f"jaxforge: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxforge: interrupted.", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
