@@ -549,8 +549,8 @@ def _at_boundaries(loop: _Loop, run: _Run, stop_signal: StopSignal) -> bool:
     whether to stop. After a non-finite step the run stops without evaluating or saving: its
     state is the last good one, not that of this step."""
     step, boundaries, setup = run.step, loop.boundaries, loop.setup
-    nonfinite_stop = (_nonfinite_stop(setup, run)
-                      if setup.config.train.on_nonfinite == "stop" and boundaries.any(step)
+    nonfinite_stop = (_nonfinite_stop(setup, run)  # The config is read at boundaries only.
+                      if boundaries.any(step) and setup.config.train.on_nonfinite == "stop"
                       else "")
     record = _log(loop, run) if boundaries.logs(step) else {}
     if boundaries.evaluates(step) and not nonfinite_stop:
