@@ -3,6 +3,7 @@
     jaxforge train --config experiments/digits_cnn.py --workdir runs/x [--config.a.b=v ...]
     jaxforge eval --workdir runs/x
     jaxforge predict --workdir runs/x (--inputs x.npy | --split eval) [-o predictions.npz]
+    jaxforge export --workdir runs/x [-o model.jaxexport] [--platforms cpu,cuda,tpu]
     jaxforge doctor [--config PATH]
     jaxforge plot runs/x runs/y [--metric loss ...] [-o curves.png]
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
@@ -105,6 +106,18 @@ def _parser() -> argparse.ArgumentParser:
                          help="examples per forward pass (default: the run's eval batch size)")
     predict.add_argument("--step", type=int, default=None,
                          help="checkpoint step (default: latest)")
+
+    export = commands.add_parser(
+        "export", allow_abbrev=False,
+        help="write the eval forward pass as a jax.export file that runs without jaxforge")
+    export.add_argument("--workdir", required=True, metavar="DIR")
+    export.add_argument("-o", "--output", default="model.jaxexport", metavar="FILE",
+                        help="the file to write (default: model.jaxexport)")
+    export.add_argument("--platforms", default=None, metavar="P,P",
+                        help="comma-separated platforms to compile for, from cpu, cuda, rocm, "
+                             "tpu (default: this machine's)")
+    export.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: latest)")
 
     doctor = commands.add_parser(
         "doctor", allow_abbrev=False,
@@ -366,6 +379,19 @@ def _shapes(tree: Any) -> str:
     return str(jax.tree.map(lambda x: getattr(x, "shape", type(x).__name__), tree))
 
 
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import export, predict
+
+    platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
+    export.check_platforms(platforms)
+    loaded = predict.load(args.workdir, args.step)
+    exported = export.write_export(loaded, args.output, platforms)
+    print(f"Wrote {args.output}: the step-{loaded.step} checkpoint of {args.workdir} for "
+          f"{', '.join(exported.platforms)}; inputs {exported.in_avals[0].str_short()}, "
+          f"outputs {exported.out_avals[0].str_short()}.")
+    return 0
+
+
 def _doctor(args: argparse.Namespace, extra: list[str]) -> int:
     _initialize_distributed(args)
     import jax
@@ -397,7 +423,7 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
 _COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
              "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep,
-             "predict": _predict}
+             "predict": _predict, "export": _export}
 """Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
 
 
