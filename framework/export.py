@@ -39,8 +39,9 @@ def export_model(loaded: LoadedModel,
     params, model_state = jax.device_get((loaded.params, loaded.model_state))
     forward = forward_fn(loaded.model)
 
-    def logits(inputs: jax.Array) -> jax.Array:
-        return forward(params, model_state, inputs)
+    def logits(inputs: jax.Array) -> jax.Array:  # float32, as `LoadedModel.predict` gives.
+        return jax.tree.map(lambda x: x.astype(np.float32),
+                            forward(params, model_state, inputs))
 
     shape = jax.export.symbolic_shape(
         ", ".join(["batch", *map(str, loaded.metadata.input_shape)]))

@@ -16,8 +16,11 @@ from framework.testing import tiny_config
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """A model with batch statistics and dropout: both must be in eval mode in the export."""
     path = tmp_path_factory.mktemp("export") / "run"
-    config = tiny_config(train={"num_steps": 20, "log_every_steps": 10, "eval_every_steps": 20})
+    config = tiny_config(model={"name": "cnn", "batch_norm": True, "dropout_rate": 0.3,
+                                "conv_features": (8,), "dense_features": (16,)},
+                         train={"num_steps": 20, "log_every_steps": 10, "eval_every_steps": 20})
     framework.train(framework.resolve_config(config), path)
     return path
 
@@ -28,6 +31,7 @@ def loaded(workdir):
 
 
 def test_the_exported_forward_pass_takes_any_batch_size(loaded):
+    assert "batch_stats" in loaded.model_state
     exported = export.export_model(loaded)
     assert str(exported.in_avals[0].shape[0]) == "batch"
     assert exported.in_avals[0].shape[1:] == (4, 4, 1)
