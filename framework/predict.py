@@ -86,7 +86,8 @@ class LoadedModel:
         if count == 0:
             raise JaxforgeError("No inputs to predict.")
         shards = self.batch_shards
-        size = batch_size or self.config.dataset.eval_batch_size or self.config.dataset.batch_size
+        size = (batch_size if batch_size is not None
+                else self.config.dataset.eval_batch_size or self.config.dataset.batch_size)
         if size < 1:
             raise JaxforgeError(f"batch_size={size}: give a positive batch size.")
         # A multiple of the shards, and no larger than the (rounded) number of inputs.

@@ -73,6 +73,11 @@ def test_wrong_inputs_name_the_shape_and_dtype_expected(loaded, inputs, wrong):
     assert wrong in str(error.value)
 
 
+def test_a_batch_size_below_one_is_an_error(loaded):
+    with pytest.raises(framework.JaxforgeError, match="batch_size=0"):
+        loaded.predict(np.zeros((2, 4, 4, 1), np.float32), batch_size=0)
+
+
 def test_a_workdir_without_a_checkpoint_is_one_error(workdir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
