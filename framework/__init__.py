@@ -17,6 +17,8 @@ from framework.registry import PLUGIN_API_VERSION, PluginAPIVersionWarning, Plug
 _LAZY = {
     "train": "framework.loop",
     "evaluate": "framework.loop",
+    "load": "framework.predict",
+    "LoadedModel": "framework.predict",
     "Plugin": "framework.plugin",
     "DatasetMetadata": "framework.plugin",
     "DataContext": "framework.plugin",

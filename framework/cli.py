@@ -2,6 +2,8 @@
 
     jaxforge train --config experiments/digits_cnn.py --workdir runs/x [--config.a.b=v ...]
     jaxforge eval --workdir runs/x
+    jaxforge predict --workdir runs/x (--inputs x.npy | --split eval) [-o predictions.npz]
+    jaxforge export --workdir runs/x [-o model.jaxexport] [--platforms cpu,cuda,tpu]
     jaxforge doctor [--config PATH]
     jaxforge plot runs/x runs/y [--metric loss ...] [-o curves.png]
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
@@ -25,6 +27,7 @@ import fnmatch
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from framework.errors import JaxforgeError
 from framework.kinds import cli_choices
@@ -83,6 +86,38 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, default=None,
                           help="checkpoint step (default: latest)")
     _add_distributed_flags(evaluate)
+
+    predict = commands.add_parser(
+        "predict", allow_abbrev=False, help="a checkpoint's predictions for inputs in a file",
+        epilog="Inputs are examples as the dataset yields them: an array of shape "
+               "(N, *input_shape) and dtype input_dtype of the run's dataset metadata.")
+    predict.add_argument("--workdir", required=True, metavar="DIR")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inputs", metavar="FILE",
+                        help="a .npy array of inputs (or a .npz holding one named `inputs`)")
+    source.add_argument("--split", choices=["eval"],
+                        help="predict the dataset's eval split; adds `label` and prints accuracy")
+    predict.add_argument("-o", "--output", default="predictions.npz", metavar="FILE",
+                         help="where to write logits, probabilities, top_k and top_k_probabilities"
+                              " (default: predictions.npz)")
+    predict.add_argument("--top_k", type=int, default=5, metavar="K",
+                         help="how many of the most probable classes to write (default: 5)")
+    predict.add_argument("--batch_size", type=int, default=None, metavar="N",
+                         help="examples per forward pass (default: the run's eval batch size)")
+    predict.add_argument("--step", type=int, default=None,
+                         help="checkpoint step (default: latest)")
+
+    export = commands.add_parser(
+        "export", allow_abbrev=False,
+        help="write the eval forward pass as a jax.export file that runs without jaxforge")
+    export.add_argument("--workdir", required=True, metavar="DIR")
+    export.add_argument("-o", "--output", default="model.jaxexport", metavar="FILE",
+                        help="the file to write (default: model.jaxexport)")
+    export.add_argument("--platforms", default=None, metavar="P,P",
+                        help="comma-separated platforms to compile for, from cpu, cuda, rocm, "
+                             "tpu (default: this machine's)")
+    export.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: latest)")
 
     doctor = commands.add_parser(
         "doctor", allow_abbrev=False,
@@ -287,6 +322,76 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _read_inputs(path: str) -> Any:
+    import numpy as np
+
+    try:
+        with open(path, "rb") as file:
+            loaded = np.load(file, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                if "inputs" not in loaded.files:
+                    raise JaxforgeError(f"{path} holds {loaded.files}; predict reads the array "
+                                        "named `inputs`.")
+                loaded = loaded["inputs"]
+            return loaded
+    except (OSError, ValueError) as error:
+        raise JaxforgeError(f"Cannot read inputs from {path}: {error}") from None
+
+
+def _predict(args: argparse.Namespace, extra: list[str]) -> int:
+    import numpy as np
+
+    from framework import predict
+
+    if args.top_k < 1:
+        raise JaxforgeError(f"--top_k={args.top_k}: give a positive number of classes.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise JaxforgeError(f"--batch_size={args.batch_size}: give a positive batch size.")
+    inputs = _read_inputs(args.inputs) if args.inputs else None  # A bad file fails first.
+    loaded = predict.load(args.workdir, args.step)
+    labels = None
+    if inputs is None:
+        inputs, labels = loaded.eval_split()
+    logits = loaded.predict(inputs, args.batch_size)
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2:
+        raise JaxforgeError("predict writes class scores of shape (N, classes); this model's "
+                            f"outputs are {_shapes(logits)}. Use framework.load in Python.")
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    k = min(args.top_k, logits.shape[-1])
+    top_k = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k].astype(np.int32)
+    outputs = {"logits": logits, "probabilities": probabilities, "top_k": top_k,
+               "top_k_probabilities": np.take_along_axis(probabilities, top_k, axis=-1)}
+    if labels is not None:
+        outputs["label"] = labels
+    np.savez(args.output, **outputs)
+    print(f"Wrote {args.output}: {', '.join(outputs)} for {len(logits)} example(s), "
+          f"step-{loaded.step} checkpoint of {args.workdir}"
+          + (" (EMA parameters)." if loaded.uses_ema else "."))
+    if labels is not None:
+        print(f"accuracy {float(np.mean(top_k[:, 0] == labels)):.4f} on the eval split")
+    return 0
+
+
+def _shapes(tree: Any) -> str:
+    import jax
+
+    return str(jax.tree.map(lambda x: getattr(x, "shape", type(x).__name__), tree))
+
+
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import export, predict
+
+    platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
+    export.check_platforms(platforms)
+    loaded = predict.load(args.workdir, args.step)
+    exported = export.write_export(loaded, args.output, platforms)
+    print(f"Wrote {args.output}: the step-{loaded.step} checkpoint of {args.workdir} for "
+          f"{', '.join(exported.platforms)}; inputs {exported.in_avals[0].str_short()}, "
+          f"outputs {exported.out_avals[0].str_short()}.")
+    return 0
+
+
 def _doctor(args: argparse.Namespace, extra: list[str]) -> int:
     _initialize_distributed(args)
     import jax
@@ -317,7 +422,8 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 _COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
-             "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep}
+             "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep,
+             "predict": _predict, "export": _export}
 """Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
 
 
