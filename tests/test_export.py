@@ -57,7 +57,6 @@ PLAIN_JAX = textwrap.dedent("""
 
 
 def test_the_export_command_writes_a_file_plain_jax_runs(loaded, workdir, tmp_path, capsys):
-    pytest.importorskip("flatbuffers", reason="jax.export serializes with flatbuffers")
     model = tmp_path / "model.jaxexport"
     assert main(["export", "--workdir", str(workdir), "-o", str(model),
                  "--platforms", "cpu,tpu"]) == 0
