@@ -66,6 +66,7 @@ def find_source(path: str | Path, step: int | None = None,
     `step`), a checkpoint directory (`WORKDIR/checkpoints/N`) or a `.safetensors` file."""
     path = Path(path)
     where = f"config.{key}={str(path)!r}" if key else str(path)
+    step_flag = "config.init_from.step" if key else "--step"
     if not path.exists():
         raise ConfigError(f"{where} does not exist.")
     if path.is_file():
@@ -74,12 +75,12 @@ def find_source(path: str | Path, step: int | None = None,
                               "workdir, a checkpoint directory (WORKDIR/checkpoints/N) or a "
                               f"{SUFFIX} file.")
         if step is not None:
-            raise ConfigError(f"config.init_from.step={step}: a weights file holds one set of "
+            raise ConfigError(f"{step_flag}={step}: a weights file holds one set of "
                               "weights; leave step unset.")
         return Source("weights", path)
     if path.name.isdigit() and (path / "state").is_dir():  # WORKDIR/checkpoints/N
         if step is not None and step != int(path.name):
-            raise ConfigError(f"config.init_from.step={step} but {where} is the step-"
+            raise ConfigError(f"{step_flag}={step} but {where} is the step-"
                               f"{path.name} checkpoint; leave step unset or give the workdir.")
         return Source("checkpoint", path, path.parent.parent, int(path.name))
     saved = _saved_steps(path / "checkpoints")
@@ -89,7 +90,7 @@ def find_source(path: str | Path, step: int | None = None,
     if step is None:
         step = saved[-1]
     elif step not in saved:
-        raise ConfigError(f"config.init_from.step={step} was not saved in {path}; saved steps: "
+        raise ConfigError(f"{step_flag}={step} was not saved in {path}; saved steps: "
                           f"{saved}.")
     return Source("checkpoint", path / "checkpoints" / str(step), path, step)
 
@@ -111,8 +112,8 @@ def _collections(metadata: dict[str, Any], use_ema: bool, source: Source) -> dic
     """`{"params": tree, "batch_stats": tree, ...}` of a saved state (EMA params with use_ema)."""
     if use_ema:
         if not metadata.get("ema_params"):
-            raise ConfigError(f"config.init_from.use_ema=true but {source.describe()} has no EMA "
-                              "parameters (its run had train.ema_decay=0).")
+            raise ConfigError(f"EMA parameters asked for (init_from.use_ema, --ema) but "
+                              f"{source.describe()} has none (its run had train.ema_decay=0).")
         params = metadata["ema_params"]
     else:
         params = metadata["params"]

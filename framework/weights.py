@@ -92,7 +92,7 @@ def export(workdir: str | Path, output: str | Path, step: int | None = None,
     (the EMA ones with `ema`) and mutable collections. Returns (path, step, tensor count)."""
     from framework import init_from
 
-    source = init_from.find_source(workdir, step)
+    source = init_from.find_source(workdir, step, key="")
     if source.kind != "checkpoint":
         raise JaxforgeError(f"--workdir {workdir} is a weights file already; export reads a "
                             "workdir or a checkpoint directory.")

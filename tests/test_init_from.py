@@ -162,7 +162,7 @@ def test_ema_asked_but_absent(tmp_path):
     workdir = tmp_path / "no_ema"
     loop.train(_config(train={"num_steps": 10, "log_every_steps": 10, "eval_every_steps": 10}),
                workdir)
-    with pytest.raises(ConfigError, match="has no EMA parameters"):
+    with pytest.raises(ConfigError, match="has none .its run had train.ema_decay=0"):
         _start(tmp_path, path=str(workdir), use_ema=True)
 
 
