@@ -83,16 +83,17 @@ def find_source(path: str | Path, step: int | None = None,
             raise ConfigError(f"{step_flag}={step} but {where} is the step-"
                               f"{path.name} checkpoint; leave step unset or give the workdir.")
         return Source("checkpoint", path, path.parent.parent, int(path.name))
-    saved = _saved_steps(path / "checkpoints")
+    workdir = path.parent if path.name == "checkpoints" and _saved_steps(path) else path
+    saved = _saved_steps(workdir / "checkpoints")
     if not saved:
         raise ConfigError(f"{where} holds no checkpoint: give a workdir with checkpoints, a "
                           f"checkpoint directory (WORKDIR/checkpoints/N) or a {SUFFIX} file.")
     if step is None:
         step = saved[-1]
     elif step not in saved:
-        raise ConfigError(f"{step_flag}={step} was not saved in {path}; saved steps: "
+        raise ConfigError(f"{step_flag}={step} was not saved in {workdir}; saved steps: "
                           f"{saved}.")
-    return Source("checkpoint", path / "checkpoints" / str(step), path, step)
+    return Source("checkpoint", workdir / "checkpoints" / str(step), workdir, step)
 
 
 def _state_metadata(source: Source) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def test_step_checkpoint_directory_and_ema(source, tmp_path):
     assert _equal(state.params, saved10.params)
     _, state = _start(tmp_path, path=str(source / "checkpoints" / "10"))
     assert _equal(state.params, saved10.params)
+    _, state = _start(tmp_path, path=str(source / "checkpoints"), step=10)
+    assert _equal(state.params, saved10.params)
     _, saved20, _ = loop.restore(source)
     _, state = _start(tmp_path, path=str(source), use_ema=True,
                       train={"num_steps": 20, "ema_decay": 0.99})
