@@ -12,6 +12,7 @@
     jaxforge plugins check ID [ID ...] [--kind KIND] [--verbose] [--config PATH] [--config.x=v ...]
     jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
+    jaxforge weights export --workdir DIR -o model.safetensors [--step N] [--ema]
 
 `train`, `eval` and `doctor` take --coordinator_address, --num_processes and --process_id for a
 multi-process run (one process per host); on Cloud TPU VMs, SLURM and Open MPI JAX finds them.
@@ -181,6 +182,21 @@ def _parser() -> argparse.ArgumentParser:
         "show", allow_abbrev=False,
         help="print the resolved, validated config (train.num_steps counted from num_epochs)")
     config_show.add_argument("--config", required=True, metavar="PATH")
+
+    weights = commands.add_parser("weights", help="weights files (safetensors) of a run")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True,
+                                              metavar="COMMAND")
+    weights_export = weights_commands.add_parser(
+        "export", allow_abbrev=False,
+        help="write a checkpoint's parameters and batch statistics to a .safetensors file")
+    weights_export.add_argument("--workdir", required=True, metavar="DIR",
+                                help="a workdir, or one of its checkpoints (DIR/checkpoints/N)")
+    weights_export.add_argument("-o", "--output", required=True, metavar="FILE",
+                                help="the weights file to write (NAME.safetensors)")
+    weights_export.add_argument("--step", type=int, default=None, metavar="N",
+                                help="the checkpoint step (default: the latest)")
+    weights_export.add_argument("--ema", action="store_true",
+                                help="the EMA parameters instead of the trained ones")
     return parser
 
 
@@ -421,9 +437,18 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import weights
+
+    path, step, count = weights.export(args.workdir, args.output, args.step, args.ema)
+    print(f"Wrote {path}: {count} arrays of the step-{step} checkpoint"
+          + (" (EMA parameters)" if args.ema else "") + ".")
+    return 0
+
+
 _COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
              "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep,
-             "predict": _predict, "export": _export}
+             "predict": _predict, "export": _export, "weights": _weights}
 """Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
 
 

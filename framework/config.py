@@ -143,6 +143,28 @@ def base_config() -> ml_collections.ConfigDict:
             max_to_keep=(3, "Checkpoints kept; older ones are deleted."),
             async_save=(True, "Write checkpoints in the background while training goes on."),
         ), "Orbax checkpoints in WORKDIR/checkpoints; a run on the same workdir resumes."),
+        init_from=(fields(
+            path=("", "A workdir (its latest checkpoint, or `step`), a checkpoint directory "
+                      "(WORKDIR/checkpoints/N) or a .safetensors weights file to start from; "
+                      "empty: start from the seed."),
+            step=(placeholder(int), "The source workdir's checkpoint step; None: its latest."),
+            use_ema=(False, "Take the source's EMA parameters (an error if it has none)."),
+            optimizer_state=(False, "Also take the source checkpoint's optimizer state (the "
+                                    "same optimizer's structure, else an error); false: a "
+                                    "fresh one."),
+            include=((), "Regexes (re.search) on parameter paths as parameters.txt prints them "
+                         "(Dense_0/kernel): only matching arrays are taken; empty: all."),
+            exclude=((), "Regexes on parameter paths: matching arrays are not taken (they keep "
+                         "their fresh initialisation)."),
+            rename=((), "((regex, replacement), ...): re.sub on each taken path, every pair in "
+                        "turn, giving its path in this model, e.g. ((\"^backbone/\", \"\"),)."),
+            on_mismatch=("error", "A parameter missing on either side or of another shape: "
+                                  "error (stop before training, naming each) | reinit (it "
+                                  "keeps its fresh initialisation)."),
+            convert=(False, "Pass a weights file's tensors through the model plugin's "
+                            "convert_weights (names and layouts of another framework)."),
+        ), "Start a new run from another run's parameters and batch statistics (ignored when "
+           "the run resumes from its own checkpoint); see docs/after-training.md."),
     )
 
 
@@ -563,6 +585,40 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
 
     parse_rules(config.mesh.rules)
     parse_logical_axis_rules(config.mesh.logical_axis_rules)
+    _validate_init_from(config.init_from)
+
+
+def _validate_init_from(init: ml_collections.ConfigDict) -> None:
+    """`config.init_from`'s fields; whether its source exists is checked when a run starts."""
+    check(init.on_mismatch in ("error", "reinit"), "init_from.on_mismatch",
+          f"must be 'error' or 'reinit', got {init.on_mismatch!r}.")
+    check(init.step is None or init.step >= 0, "init_from.step",
+          f"must be a saved step (>= 0) or None (the latest), got {init.step}.")
+    for key in ("include", "exclude"):
+        for index, pattern in enumerate(init[key]):
+            check(isinstance(pattern, str), f"init_from.{key}",
+                  f"must be a tuple of regexes, got {pattern!r} at index {index}.")
+            _check_regex(pattern, f"init_from.{key}")
+    for index, pair in enumerate(init.rename):
+        check(isinstance(pair, (tuple, list)) and len(pair) == 2
+              and all(isinstance(p, str) for p in pair), "init_from.rename",
+              f"must be ((regex, replacement), ...), got {pair!r} at index {index}.")
+        _check_regex(pair[0], "init_from.rename")
+    weights_file = init.path.endswith(".safetensors")
+    check(not init.convert or weights_file, "init_from.convert",
+          "applies to a .safetensors weights file only; init_from.path "
+          f"is {init.path!r}.")
+    for key in ("optimizer_state", "use_ema"):
+        check(not (init[key] and weights_file), f"init_from.{key}",
+              "needs a checkpoint: a weights file holds parameters and batch statistics only "
+              "(export it with --ema for EMA parameters).")
+
+
+def _check_regex(pattern: str, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ConfigError.for_key(key, f"has {pattern!r}, not a valid regex: {error}.") from None
 
 
 def mesh_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:

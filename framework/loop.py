@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from framework import config as config_lib
-from framework import kinds, nonfinite
+from framework import init_from, kinds, nonfinite
 from framework import mesh as mesh_lib
 from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like
@@ -242,12 +242,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     finished = _finished_run(config, workdir, restore_step)
     if finished is not None:
         return finished
-    setup = _set_up_workdir(config, workdir)
+    setup, prepared = _set_up_workdir(config, workdir, restore_step)
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
     iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
                                config.dataset.name)
-    run = _restore_or_initialise(setup, checkpointer, iterator, workdir, restore_step)
+    run = _restore_or_initialise(setup, checkpointer, iterator, workdir, restore_step,
+                                 prepared)
     loop = _open_loop(setup, checkpointer, workdir, run)
     prefetcher = _prefetcher(setup, iterator, run.step)
     with StopSignal() as stop_signal:
@@ -357,16 +358,21 @@ def _finished_message(summary: dict[str, Any], workdir: Path, target: int,
 # Set up --------------------------------------------------------------------------------------
 
 
-def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path) -> Setup:
+def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path, restore_step: int | None
+                    ) -> tuple[Setup, init_from.Prepared | None]:
     """Build the plugins, then record in the workdir what runs: config.json and plugins.json
     are written before any step, so that even a run that fails says what it was. (`_train`
-    checked the config against the workdir's before.)"""
+    checked the config against the workdir's before.) A run that starts (no checkpoint to
+    resume) first finds and checks its `init_from` source, so that bad input leaves the
+    workdir as it was."""
     setup = set_up(config)
+    starts = restore_step is None and not _saved_steps(workdir)
+    prepared = init_from.prepare(setup) if starts else None
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config) + "\n")
         write_json(workdir / "plugins.json", _provenance(config)["plugins"])
-    return setup
+    return setup, prepared
 
 
 @dataclasses.dataclass
@@ -415,10 +421,12 @@ class _Run:
 
 
 def _restore_or_initialise(setup: Setup, checkpointer: Checkpointer, iterator: CheckedIterator,
-                           workdir: Path, restore_step: int | None) -> _Run:
+                           workdir: Path, restore_step: int | None,
+                           prepared: init_from.Prepared | None = None) -> _Run:
     """Continue from a checkpoint when there is one: its state, data position and the metric
     sums pending since its last log, so that a resumed run logs what an uninterrupted one
-    would. Otherwise start from the seed."""
+    would (`init_from` is then ignored). Otherwise start from the seed, with what `prepared`
+    (`config.init_from`) loads in place of the seed's parameters."""
     start_step, pending = _restore_point(checkpointer, restore_step), {}
     if start_step:
         set_aside = checkpointer.set_aside_after(start_step) if is_main_process() else []
@@ -428,7 +436,7 @@ def _restore_or_initialise(setup: Setup, checkpointer: Checkpointer, iterator: C
             print(f"Moved the later checkpoints {set_aside} to "
                   f"{workdir / 'abandoned_checkpoints'}.")
     else:
-        state = setup.init_state(jax.random.PRNGKey(setup.config.seed))
+        state = init_from.apply(setup, prepared, workdir)
     return _Run(start_step, start_step, state, iterator.get_state(), pending,
                 described=tuple(logged_metrics(state.opt_state)))
 

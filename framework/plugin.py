@@ -11,6 +11,18 @@ runs when the config is resolved, before anything is built. A model plugin may a
 `loss(outputs, batch) -> (per_example_loss, {name: per_example})`; without it, classification
 cross-entropy and accuracy are used.
 
+A model plugin may define `convert_weights(tensors) -> tensors`: from a dict of numpy arrays
+named and laid out as another framework writes them (a torchvision checkpoint saved as
+safetensors, say) to a dict keyed by this plugin's names, `COLLECTION/PATH` as in a jaxforge
+weights file (`params/Dense_0/kernel`, `batch_stats/BatchNorm_0/mean`: the collection, then the
+path parameters.txt prints), with this model's shapes (transpose kernels, rename, drop what this
+model lacks). `config.init_from.convert=true` applies it to the `.safetensors` file
+`init_from.path` names, before include/exclude/rename. A plugin with `convert_weights` also
+gives `convert_weights_example() -> tensors`, a small dict in the foreign layout (for the model
+`framework.testing.tiny_config()` builds or the experiment it is checked in), which the
+conformance check `model_convert_weights` converts: every converted name must be one of the
+model's parameter or collection arrays, of the same shape.
+
 `dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
 takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
 `nnx.Rngs` from the run's seed (streams `params`, `dropout`, and a default one), so the run's seed
@@ -39,6 +51,10 @@ class Plugin:
     default_config: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
     validate: Callable[[ml_collections.ConfigDict], None] | None = None  # Raise ConfigError.
     loss: Callable[..., Any] | None = None  # Models only: a custom loss and metrics.
+    # Models only: another framework's weights (name -> numpy array) -> this model's
+    # (`params/Dense_0/kernel` -> array), for `config.init_from.convert`; with an example input.
+    convert_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    convert_weights_example: Callable[[], dict[str, Any]] | None = None
     description: str = ""
 
 

@@ -500,6 +500,34 @@ def _model_init_and_apply(subject: Subject) -> None:
     _require(updates == {}, f"Eval mode changed collections {sorted(updates)}.")
 
 
+@_check("model_convert_weights", [MODELS],
+        "a model plugin with convert_weights also has convert_weights_example(); the example "
+        "converts to a dict of numpy arrays whose names (params/PATH, batch_stats/PATH) are "
+        "arrays of the model, each of the model's shape. Skipped without convert_weights.")
+def _model_convert_weights(subject: Subject) -> None:
+    convert = getattr(subject.plugin, "convert_weights", None)
+    if convert is None:
+        raise CheckSkipped("The plugin has no convert_weights.")
+    example = getattr(subject.plugin, "convert_weights_example", None)
+    _require(callable(example), "The plugin has convert_weights but no "
+             "convert_weights_example() giving tensors to convert.")
+    converted = convert(dict(example()))
+    _require(isinstance(converted, dict) and converted,
+             f"convert_weights returned {type(converted).__name__} "
+             f"{'(empty)' if converted == {} else ''}; it returns a dict of name -> array.")
+    from framework.weights import flat_collections
+
+    variables = dict(subject.variables)
+    expected = {name: tuple(leaf.shape) for name, leaf in flat_collections(
+        variables.pop("params"), variables).items()}
+    unknown = sorted(set(converted) - set(expected))
+    _require(not unknown, f"convert_weights gave names the model does not have: {unknown[:5]}; "
+             f"the model's are {sorted(expected)[:5]}...")
+    wrong = [f"{name}: {tuple(np.shape(value))}, the model's is {expected[name]}"
+             for name, value in converted.items() if tuple(np.shape(value)) != expected[name]]
+    _require(not wrong, "convert_weights gave arrays of other shapes: " + "; ".join(wrong[:5]))
+
+
 @_check("model_deterministic", [MODELS],
         "building and initialising the model twice with the same rng gives the same "
         "parameters, and the same variables, inputs and rngs give the same outputs, in train "

@@ -112,9 +112,11 @@ SUGGESTIONS = [
     ("file", "train.dropout_rate",
      "A plugin's own field goes in that plugin's section (config.model (cnn)", "Did you mean"),
     # Nothing alike: no suggestion at all, rather than a far-fetched one.
-    ("override", "train.init_from", "Unknown config key config.train.init_from. Valid keys",
+    ("override", "train.warm_start", "Unknown config key config.train.warm_start. Valid keys",
      "Did you mean"),
-    ("override", "checkpoint.init_from", "Valid keys in config.checkpoint", "Did you mean"),
+    ("override", "checkpoint.warm_start", "Valid keys in config.checkpoint", "Did you mean"),
+    ("override", "train.init_from", "init_from is a top-level section: --config.init_from.",
+     None),
     ("override", "train.nope", "Valid keys in config.train", "Did you mean"),
     ("override", "train.lr", "Valid keys in config.train", "Did you mean"),
 ]
