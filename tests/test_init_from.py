@@ -67,6 +67,19 @@ def test_a_sharded_run_starts_from_a_one_device_checkpoint(source, tmp_path):
     assert report["reinitialised"] == {} and report["ignored"] == {}
 
 
+def test_a_one_device_run_starts_from_a_sharded_checkpoint(tmp_path):
+    """The reverse: parameters written FSDP-sharded over 8 devices start a 1-device run."""
+    sharded = _config(mesh={"data": 2, "fsdp": 4, "fsdp_min_size": 1})
+    loop.train(sharded, tmp_path / "sharded")
+    _, saved, _ = loop.restore(tmp_path / "sharded")
+    assert "fsdp" in tuple(saved.params["Dense_0"]["kernel"].sharding.spec)
+    setup = loop.set_up(_config(mesh={"data": 1}, init_from={"path": str(tmp_path / "sharded")}))
+    state = init_from.initial_state(setup, tmp_path / "one")
+    assert _equal(state.params, saved.params)
+    assert _equal(state.model_state, saved.model_state)
+    assert len(state.params["Dense_0"]["kernel"].sharding.device_set) == 1
+
+
 def test_step_checkpoint_directory_and_ema(source, tmp_path):
     _, saved10, _ = loop.restore(source, 10)
     _, state = _start(tmp_path, path=str(source), step=10)
