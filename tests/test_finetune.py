@@ -83,3 +83,18 @@ def test_a_bad_value_is_a_config_error_naming_the_key(dataset, key, words):
 def test_train_per_class_up_to_what_there_is():
     assert build(classes=(0, 1), train_per_class=142)[0].metadata.num_train == 284
 
+
+@pytest.mark.slow
+def test_init_from_a_relative_workdir(tmp_path, monkeypatch):
+    """`init_from.path=runs/x` as the docs write it (Orbax reads a relative path's metadata as
+    None: init_from gives it absolute paths)."""
+    import json
+
+    import framework
+
+    monkeypatch.chdir(tmp_path)
+    framework.train(config_lib.resolve_config(tiny_config(train={"num_steps": 4})), "source")
+    framework.train(config_lib.resolve_config(
+        tiny_config(train={"num_steps": 2}, init_from={"path": "source"})), "target")
+    report = json.loads((tmp_path / "target" / "init_from.json").read_text())
+    assert report["step"] == 4 and "params/Dense_0/kernel" in report["loaded"]
