@@ -1,4 +1,4 @@
-"""The `digits` class subset and few-examples-per-class fields."""
+"""The `digits` class subset and few-examples-per-class fields, and the fine-tuning experiments."""
 
 import numpy as np
 import pytest
@@ -98,3 +98,16 @@ def test_init_from_a_relative_workdir(tmp_path, monkeypatch):
         tiny_config(train={"num_steps": 2}, init_from={"path": "source"})), "target")
     report = json.loads((tmp_path / "target" / "init_from.json").read_text())
     assert report["step"] == 4 and "params/Dense_0/kernel" in report["loaded"]
+
+
+def test_the_experiments_resolve():
+    pretrain = config_lib.load_config("experiments/digits_pretrain.py")
+    finetune = config_lib.load_config("experiments/digits_finetune.py")
+    assert tuple(pretrain.dataset.classes) == (0, 1, 2, 3, 4)
+    assert tuple(finetune.dataset.classes) == (5, 6, 7, 8, 9)
+    assert finetune.init_from.path == "runs/digits_pretrain"
+    assert tuple(finetune.init_from.exclude) == ("Dense_1",)
+    scratch = config_lib.load_config("experiments/digits_finetune.py",
+                                     ["--config.init_from.path="])
+    assert scratch.init_from.path == ""
+
