@@ -102,7 +102,7 @@ def _state_metadata(source: Source) -> dict[str, Any]:
 
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            metadata = checkpointer.metadata(source.path / "state")
+            metadata = checkpointer.metadata((source.path / "state").absolute())
         return dict(getattr(metadata, "item_metadata", metadata).tree)
     except Exception as error:
         raise JaxforgeError(f"Cannot read {source.describe()} ({type(error).__name__}: "
@@ -128,7 +128,9 @@ def _restore(source: Source, tree: dict[str, Any]) -> dict[str, Any]:
 
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            return checkpointer.restore(source.path / "state", args=ocp.args.PyTreeRestore(
+            # Absolute: Orbax reads a relative path's metadata as None (0.12).
+            return checkpointer.restore(
+                (source.path / "state").absolute(), args=ocp.args.PyTreeRestore(
                 item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
                 partial_restore=True))
     except Exception as error:
