@@ -173,3 +173,17 @@ def test_every_array_of_other_layouts_is_converted(stage_sizes, width, stem):
     converted = resnet.convert_weights(foreign)
     assert {n: v.shape for n, v in converted.items()} == {
         n: tuple(v.shape) for n, v in expected.items()}
+
+
+def test_register_model_takes_a_converter():
+    plugin = framework.registry.load("models", "resnet")
+    name = "resnet_with_converter_test"
+    framework.register_model(name, default_config=plugin.default_config,
+                             convert_weights=resnet.convert_weights,
+                             convert_weights_example=resnet.convert_weights_example)(plugin.build)
+    try:
+        registered = framework.registry.load("models", name)
+        assert registered.convert_weights is resnet.convert_weights
+        assert registered.convert_weights_example is resnet.convert_weights_example
+    finally:
+        framework.registry.unregister("models", name)
