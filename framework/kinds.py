@@ -41,7 +41,8 @@ class Kind:
 
 
 MODELS = Kind(
-    "models", "model", "model", mapping=False, decorator_fields=("loss",), builds=(
+    "models", "model", "model", mapping=False, decorator_fields=("loss", "convert_weights",
+                                                   "convert_weights_example"), builds=(
         ("(config, metadata: DatasetMetadata, dtype)",
          "a Flax Linen module, `__call__(x, *, train)`"),
         ("(config, metadata, dtype, rngs: nnx.Rngs)",
