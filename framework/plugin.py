@@ -18,10 +18,10 @@ weights file (`params/Dense_0/kernel`, `batch_stats/BatchNorm_0/mean`: the colle
 path parameters.txt prints), with this model's shapes (transpose kernels, rename, drop what this
 model lacks). `config.init_from.convert=true` applies it to the `.safetensors` file
 `init_from.path` names, before include/exclude/rename. A plugin with `convert_weights` also
-gives `convert_weights_example() -> tensors`, a small dict in the foreign layout (for the model
-`framework.testing.tiny_config()` builds or the experiment it is checked in), which the
-conformance check `model_convert_weights` converts: every converted name must be one of the
-model's parameter or collection arrays, of the same shape.
+gives `convert_weights_example(config, metadata) -> tensors`: what the other framework would
+write for the model this plugin builds from `config` (its resolved section) and `metadata`,
+in the foreign layout; the conformance check `model_convert_weights` converts it, and every
+converted name must be one of the model's parameter or collection arrays, of the same shape.
 
 `dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
 takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
@@ -54,7 +54,7 @@ class Plugin:
     # Models only: another framework's weights (name -> numpy array) -> this model's
     # (`params/Dense_0/kernel` -> array), for `config.init_from.convert`; with an example input.
     convert_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    convert_weights_example: Callable[[], dict[str, Any]] | None = None
+    convert_weights_example: Callable[[Any, Any], dict[str, Any]] | None = None
     description: str = ""
 
 

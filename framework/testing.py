@@ -501,7 +501,8 @@ def _model_init_and_apply(subject: Subject) -> None:
 
 
 @_check("model_convert_weights", [MODELS],
-        "a model plugin with convert_weights also has convert_weights_example(); the example "
+        "a model plugin with convert_weights also has convert_weights_example(config, "
+        "metadata); the example for the model under check "
         "converts to a dict of numpy arrays whose names (params/PATH, batch_stats/PATH) are "
         "arrays of the model, each of the model's shape. Skipped without convert_weights.")
 def _model_convert_weights(subject: Subject) -> None:
@@ -510,8 +511,8 @@ def _model_convert_weights(subject: Subject) -> None:
         raise CheckSkipped("The plugin has no convert_weights.")
     example = getattr(subject.plugin, "convert_weights_example", None)
     _require(callable(example), "The plugin has convert_weights but no "
-             "convert_weights_example() giving tensors to convert.")
-    converted = convert(dict(example()))
+             "convert_weights_example(config, metadata) giving tensors to convert.")
+    converted = convert(dict(example(subject.config.model, subject.metadata)))
     _require(isinstance(converted, dict) and converted,
              f"convert_weights returned {type(converted).__name__} "
              f"{'(empty)' if converted == {} else ''}; it returns a dict of name -> array.")

@@ -114,7 +114,7 @@ def _torch_like(tensors):
     return converted
 
 
-def _example():
+def _example(config, metadata):
     return {"fc0.weight": np.ones((32, 16), np.float32), "fc0.bias": np.ones(32, np.float32),
             "fc1.weight": np.ones((4, 32), np.float32), "fc1.bias": np.ones(4, np.float32)}
 

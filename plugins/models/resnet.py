@@ -191,15 +191,17 @@ def torchvision_shapes(stage_sizes: Sequence[int], width: int, in_channels: int,
     return shapes
 
 
-def convert_weights_example() -> dict[str, np.ndarray]:
-    """A torchvision-layout example for the conformance check `model_convert_weights`: the
-    head's bias and a `num_batches_tracked` (dropped). Only these tensors have the same shape in
-    every experiment this plugin is checked in (tiny_config()'s 4 classes, any stage_sizes and
-    width: the default ResNet-20 in `jaxforge plugins check`, a one-block width-4 one in the
-    test suite); the check takes any subset of the model's arrays. The whole layout is checked,
-    against torchvision's logits, in tests/test_resnet_torchvision.py."""
-    return {"fc.bias": np.linspace(-1, 1, 4, dtype=np.float32),
-            "bn1.num_batches_tracked": np.zeros((), np.int64)}
+def convert_weights_example(config: ml_collections.ConfigDict,
+                            metadata: framework.DatasetMetadata) -> dict[str, np.ndarray]:
+    """The state dict torchvision would hold for the network `config` and `metadata` build (for
+    the conformance check `model_convert_weights`): every tensor, with values of no meaning.
+    Its logits against torchvision's are checked in tests/test_resnet_torchvision.py."""
+    shapes = torchvision_shapes(config.stage_sizes, config.width, metadata.input_shape[-1],
+                                metadata.num_classes, config.stem)
+    rng = np.random.default_rng(0)
+    return {name: (np.zeros(shape, np.int64) if name.endswith("num_batches_tracked")
+                   else rng.uniform(0.5, 1.0, shape).astype(np.float32))
+            for name, shape in shapes.items()}
 
 
 plugin = framework.Plugin(build=build, default_config=default_config, validate=validate,
