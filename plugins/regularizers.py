@@ -1,11 +1,12 @@
 """Regularizers: L1 / L2 penalties (as Keras' `l1` and `l2`), decoupled weight decay, label
-smoothing and gradual magnitude pruning.
+smoothing, gradual magnitude pruning and freezing.
 
 The loss gains `weight * sum(|w|)` (l1) or `weight * sum(w**2)` (l2) over the selected
 parameters: those whose path (e.g. `Dense_0/kernel`) matches `include`, without biases and
 normalisation scales (1-D parameters) unless `exclude_biases_and_norms=False`. Weight decay
 and pruning select parameters the same way and are optax transformations chained after the
-optimizer; label smoothing is a penalty on the logits.
+optimizer; freezing (`include` / `exclude` regex tuples) zeroes the updates of the parameters it
+selects, after the optimizer; label smoothing is a penalty on the logits.
 """
 
 from __future__ import annotations
@@ -252,3 +253,63 @@ magnitude_pruning = framework.Plugin(
     build=_magnitude_pruning, default_config=_magnitude_pruning_config,
     validate=_validate_magnitude_pruning, api_version=1,
     description="Gradual magnitude pruning (Zhu & Gupta 2017), masks kept in the train state.")
+
+
+# Freezing ------------------------------------------------------------------------------------
+
+
+def _frozen_mask(params: Any, config: ml_collections.ConfigDict) -> Any:
+    """A Python bool per parameter: does its path match an `include` regex and no `exclude`?"""
+    include = [re.compile(regex) for regex in config.include]
+    exclude = [re.compile(regex) for regex in config.exclude]
+    paths = [framework.path_text(path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    unmatched = [regex.pattern for regex in include
+                 if not any(regex.search(path) for path in paths)]
+    if unmatched:
+        raise ValueError(f"regularizers.freeze.include: {unmatched} match no parameter; the "
+                         f"parameters are {paths}.")
+
+    def frozen(path: Any, leaf: Any) -> bool:
+        text = framework.path_text(path)
+        return (any(regex.search(text) for regex in include)
+                and not any(regex.search(text) for regex in exclude))
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
+
+
+def _freeze(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    # Chained after the optimizer: the selected parameters' updates become exactly zero, so
+    # they keep their values bit for bit (the optimizer's own state for them still runs).
+    return optax.masked(optax.set_to_zero(), lambda params: _frozen_mask(params, config))
+
+
+def _freeze_config() -> ml_collections.ConfigDict:
+    return framework.fields(
+        include=((), "Regexes searched in each parameter's path (e.g. Conv_0/kernel): the "
+                     "parameters any of them matches are frozen (biases too). Empty: none. "
+                     "An entry that matches no parameter is an error when the run starts."),
+        exclude=((), "Regexes: parameters one of them matches are not frozen, even when "
+                     "`include` matches them."),
+    )
+
+
+def _validate_freeze(config: ml_collections.ConfigDict) -> None:
+    for key in ("include", "exclude"):
+        framework.check(isinstance(config[key], (tuple, list))
+                        and all(isinstance(regex, str) for regex in config[key]), key,
+                        f"must be a tuple of regex strings, got {config[key]!r}.")
+        for regex in config[key]:
+            try:
+                re.compile(regex)
+            except re.error as error:
+                raise framework.ConfigError.for_key(
+                    key, f"has an invalid regex ({error}): {regex!r}.") from None
+
+
+freeze = framework.Plugin(
+    build=_freeze, default_config=_freeze_config, validate=_validate_freeze, api_version=1,
+    description="Freezing: the updates of the parameters matched by `include` (and not "
+                "`exclude`) are set to zero after the optimizer, so they do not move. Write "
+                "it after weight_decay and magnitude_pruning in config.regularizers: "
+                "transformations run in the order written, and one after it would move them.")

@@ -88,3 +88,66 @@ def test_pruning_masks_reach_the_target_exactly_and_stay_zero():
 def test_bad_regularizer_fields_are_clear_errors(tiny, name, fields, message):
     with pytest.raises(ConfigError, match=message):
         framework.resolve_config(tiny(regularizers={name: fields}))
+
+
+def freeze_plugin():
+    from plugins.regularizers import freeze
+
+    return freeze
+
+
+def test_freeze_zeroes_the_matched_updates_after_the_optimizer():
+    plugin = freeze_plugin()
+    config = plugin.default_config()
+    config.update({"include": ("Dense_0",), "exclude": ("bias",)})
+    plugin.validate(config)
+    tx = optax.chain(optax.adam(0.1), plugin.build(config))
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    assert bool(jnp.all(updates["Dense_0"]["kernel"] == 0))
+    assert bool(jnp.all(updates["Dense_0"]["bias"] != 0))  # Excluded.
+    assert bool(jnp.all(updates["Dense_1"]["kernel"] != 0))
+
+
+def test_freeze_keeps_the_frozen_parameters_bit_identical_in_training(tmp_path, tiny):
+    train = {"num_steps": 10, "log_every_steps": 5, "eval_every_steps": 0}
+    model = {"name": "cnn"}
+    framework.train(framework.resolve_config(
+        tiny(model=model, train=train, checkpoint={"every_steps": 10})), tmp_path / "start")
+    config = tiny(model=model, train=train, checkpoint={"every_steps": 10},
+                  init_from={"path": str(tmp_path / "start")},
+                  regularizers={"freeze": {"include": ("Conv_0",)}})
+    with framework.registry.registered("regularizers", "freeze", freeze_plugin()):
+        framework.train(framework.resolve_config(config), tmp_path / "frozen")
+        after = framework.load(tmp_path / "frozen").params
+    before = framework.load(tmp_path / "start").params
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(np.asarray(after["Conv_0"][name]),
+                                      np.asarray(before["Conv_0"][name]))
+    moved = [name for name in before if name != "Conv_0"
+             and not np.array_equal(np.asarray(before[name]["kernel"]),
+                                    np.asarray(after[name]["kernel"]))]
+    assert moved == [name for name in before if name != "Conv_0"] and moved
+
+
+def test_freeze_passes_the_conformance_checks():
+    with framework.registry.registered("regularizers", "freeze", freeze_plugin()):
+        assert all(r.status in ("pass", "skip")
+                   for r in framework.testing.check_plugin("regularizers", freeze_plugin()))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"include": ("Conv_(",)}, "regularizers.freeze.include has an invalid regex"),
+    ({"exclude": "bias"}, "regularizers.freeze.exclude must be a tuple"),
+])
+def test_bad_freeze_fields_are_clear_errors(tiny, fields, message):
+    with framework.registry.registered("regularizers", "freeze", freeze_plugin()), \
+            pytest.raises(ConfigError, match=message):
+        framework.resolve_config(tiny(regularizers={"freeze": fields}))
+
+
+def test_a_freeze_regex_that_matches_nothing_is_an_error(tmp_path, tiny):
+    config = tiny(train={"num_steps": 2}, regularizers={"freeze": {"include": ("Conv_0",)}})
+    with framework.registry.registered("regularizers", "freeze", freeze_plugin()), \
+            pytest.raises(Exception, match=r"\['Conv_0'\] match no parameter"):
+        framework.train(framework.resolve_config(config), tmp_path)
