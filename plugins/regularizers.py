@@ -267,8 +267,8 @@ def _frozen_mask(params: Any, config: ml_collections.ConfigDict) -> Any:
     unmatched = [regex.pattern for regex in include
                  if not any(regex.search(path) for path in paths)]
     if unmatched:
-        raise ValueError(f"regularizers.freeze.include: {unmatched} match no parameter; the "
-                         f"parameters are {paths}.")
+        raise framework.ConfigError(f"config.regularizers.freeze.include: {unmatched} match no "
+                                    f"parameter; the parameters are {paths}.")
 
     def frozen(path: Any, leaf: Any) -> bool:
         text = framework.path_text(path)
