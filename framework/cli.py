@@ -63,11 +63,27 @@ def _joins_other_processes(args: argparse.Namespace) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The `jaxforge` argument parser: one subcommand per function below."""
     parser = argparse.ArgumentParser(
         prog="jaxforge", allow_abbrev=False,
         description="Train JAX models from one config file; plugins come from entry points.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_command(commands)
+    _add_eval_command(commands)
+    _add_predict_command(commands)
+    _add_export_command(commands)
+    _add_doctor_command(commands)
+    _add_plot_command(commands)
+    _add_sweep_command(commands)
+    _add_plugins_command(commands)
+    _add_new_plugin_command(commands)
+    _add_config_command(commands)
+    _add_weights_command(commands)
+    return parser
 
+
+def _add_train_command(commands: Any) -> None:
+    """`jaxforge train` and its flags."""
     train = commands.add_parser(
         "train", allow_abbrev=False, help="train (or resume) an experiment",
         epilog="Override any config field with --config.SECTION.FIELD=VALUE.")
@@ -81,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume from this checkpoint instead of the latest")
     _add_distributed_flags(train)
 
+
+def _add_eval_command(commands: Any) -> None:
+    """`jaxforge eval` and its flags."""
     evaluate = commands.add_parser("eval", allow_abbrev=False,
                                    help="evaluate a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True, metavar="DIR")
@@ -88,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="checkpoint step (default: latest)")
     _add_distributed_flags(evaluate)
 
+
+def _add_predict_command(commands: Any) -> None:
+    """`jaxforge predict` and its flags."""
     predict = commands.add_parser(
         "predict", allow_abbrev=False, help="a checkpoint's predictions for inputs in a file",
         epilog="Inputs are examples as the dataset yields them: an array of shape "
@@ -108,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--step", type=int, default=None,
                          help="checkpoint step (default: latest)")
 
+
+def _add_export_command(commands: Any) -> None:
+    """`jaxforge export` and its flags."""
     export = commands.add_parser(
         "export", allow_abbrev=False,
         help="write the eval forward pass as a jax.export file that runs without jaxforge")
@@ -120,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: latest)")
 
+
+def _add_doctor_command(commands: Any) -> None:
+    """`jaxforge doctor` and its flags."""
     doctor = commands.add_parser(
         "doctor", allow_abbrev=False,
         help="versions, devices and processes; checks that all processes agree")
@@ -127,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="also show the mesh this experiment would get (overrides allowed)")
     _add_distributed_flags(doctor)
 
+
+def _add_plot_command(commands: Any) -> None:
+    """`jaxforge plot` and its flags."""
     plot = commands.add_parser("plot", allow_abbrev=False,
                                help="learning curves of one or more runs, as a PNG")
     plot.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories to overlay")
@@ -136,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="curves.png", metavar="FILE",
                       help="image to write; the extension picks the format (default: curves.png)")
 
+
+def _add_sweep_command(commands: Any) -> None:
+    """`jaxforge sweep` and its flags."""
     sweep = commands.add_parser(
         "sweep", allow_abbrev=False, help="train every combination of some config values",
         epilog="Sweep a field with --sweep.SECTION.FIELD=V1,V2,...; the cartesian product of all "
@@ -146,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workdir", required=True, metavar="DIR",
                        help="holds one workdir per run, sweep.csv and sweep.png")
 
+
+def _add_plugins_command(commands: Any) -> None:
+    """`jaxforge plugins` and its flags."""
     plugins = commands.add_parser("plugins", help="list and inspect plugins")
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True,
                                              metavar="COMMAND")
@@ -169,12 +206,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="print each failure's whole traceback (by default only the "
                             "innermost frames in the plugin's own code)")
 
+
+def _add_new_plugin_command(commands: Any) -> None:
+    """`jaxforge new-plugin` and its flags."""
     new_plugin = commands.add_parser("new-plugin", allow_abbrev=False,
                                      help="create a plugin package from the template")
     new_plugin.add_argument("name", metavar="NAME", help="the distribution name, e.g. acme-vision")
     new_plugin.add_argument("--dir", default=".", metavar="DIR",
                             help="where to create the NAME folder (default: here)")
 
+
+def _add_config_command(commands: Any) -> None:
+    """`jaxforge config` and its flags."""
     config = commands.add_parser("config", help="resolve and validate configs")
     config_commands = config.add_subparsers(dest="config_command", required=True,
                                             metavar="COMMAND")
@@ -183,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the resolved, validated config (train.num_steps counted from num_epochs)")
     config_show.add_argument("--config", required=True, metavar="PATH")
 
+
+def _add_weights_command(commands: Any) -> None:
+    """`jaxforge weights` and its flags."""
     weights = commands.add_parser("weights", help="weights files (safetensors) of a run")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True,
                                               metavar="COMMAND")
@@ -197,7 +243,6 @@ def _parser() -> argparse.ArgumentParser:
                                 help="the checkpoint step (default: the latest)")
     weights_export.add_argument("--ema", action="store_true",
                                 help="the EMA parameters instead of the trained ones")
-    return parser
 
 
 def _plugins_list(kind: str | None, as_json: bool) -> None:

@@ -521,13 +521,28 @@ def check(condition: bool, key: str, message: str) -> None:
 
 
 def _validate_core(config: ml_collections.ConfigDict) -> None:
-    train, ckpt = config.train, config.checkpoint
+    """The framework's own fields, in the order a reader meets them in base_config()."""
+    _validate_batches(config)
+    _validate_run_length(config.train)
+    _validate_boundaries(config.train, config.checkpoint)
+    _validate_techniques(config)
+    _validate_profile_steps(config.train)
+    _validate_mesh(config)
+    _validate_init_from(config.init_from)
+
+
+def _validate_batches(config: ml_collections.ConfigDict) -> None:
+    """The seed and the global batch sizes."""
     check(config.seed >= 0, "seed", f"must be >= 0, got {config.seed}.")
     check(config.dataset.batch_size > 0, "dataset.batch_size",
           f"must be a positive int (the global batch), got {config.dataset.batch_size}.")
     eval_batch = config.dataset.eval_batch_size
     check(eval_batch is None or eval_batch > 0, "dataset.eval_batch_size",
           f"must be a positive int or None (= batch_size), got {eval_batch}.")
+
+
+def _validate_run_length(train: ml_collections.ConfigDict) -> None:
+    """Exactly one of num_steps and num_epochs, positive."""
     if train.num_steps is None and train.num_epochs is None:
         raise ConfigError("config.train.num_steps is not set: give train.num_steps (optimizer "
                           "steps) or train.num_epochs.")
@@ -538,6 +553,11 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
         check(train.num_steps > 0, "train.num_steps", f"must be > 0, got {train.num_steps}.")
     else:
         check(train.num_epochs > 0, "train.num_epochs", f"must be > 0, got {train.num_epochs}.")
+
+
+def _validate_boundaries(train: ml_collections.ConfigDict,
+                         ckpt: ml_collections.ConfigDict) -> None:
+    """Log, eval and checkpoint intervals: each a multiple of the steps run per dispatch."""
     per_dispatch = train.steps_per_dispatch
     check(per_dispatch >= 1, "train.steps_per_dispatch", f"must be >= 1, got {per_dispatch}.")
     check(train.log_every_steps > 0, "train.log_every_steps",
@@ -557,6 +577,11 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
                               f"train.steps_per_dispatch={per_dispatch}; use {alternatives}.")
     check(ckpt.max_to_keep >= 1, "checkpoint.max_to_keep",
           f"must be >= 1, got {ckpt.max_to_keep}.")
+
+
+def _validate_techniques(config: ml_collections.ConfigDict) -> None:
+    """The training-technique switches of `config.train`."""
+    train = config.train
     check(train.precision in PRECISIONS, "train.precision",
           f"must be one of {', '.join(PRECISIONS)}, got {train.precision!r}.")
     check(train.grad_clip_norm >= 0, "train.grad_clip_norm",
@@ -572,7 +597,10 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
           f"must be one of {', '.join(NONFINITE_MODES)}, got {train.on_nonfinite!r}.")
     check(train.best_mode in ("min", "max"), "train.best_mode",
           f"must be 'min' or 'max', got {train.best_mode!r}.")
-    _validate_profile_steps(train)
+
+
+def _validate_mesh(config: ml_collections.ConfigDict) -> None:
+    """Axis sizes, and rules that parse."""
     sizes = mesh_sizes(config)
     for axis, size in sizes.items():
         check(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
@@ -585,7 +613,6 @@ def _validate_core(config: ml_collections.ConfigDict) -> None:
 
     parse_rules(config.mesh.rules)
     parse_logical_axis_rules(config.mesh.logical_axis_rules)
-    _validate_init_from(config.init_from)
 
 
 def _validate_init_from(init: ml_collections.ConfigDict) -> None:
