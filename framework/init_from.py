@@ -205,48 +205,71 @@ def make_plan(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
     exclude = [re.compile(p) for p in cfg.exclude]
     rename = [(re.compile(p), r) for p, r in cfg.rename]
     paths = {name: name.partition("/")[2] for name in source}
-    for regex in include:
-        if not any(regex.search(p) for p in paths.values()):
-            shown = ", ".join(list(paths.values())[:8]) + (", ..." if len(paths) > 8 else "")
-            raise ConfigError(f"config.init_from.include entry {regex.pattern!r} matches no "
-                              f"parameter of {what} (its paths: {shown}).")
+    _check_includes(include, list(paths.values()), what)
     plan = Plan({}, {}, {}, {})
-    filtered: set[str] = set()  # Target names whose source was left out on purpose.
+    filtered: set[str] = set()  # Names whose source was left out on purpose.
     problems: list[str] = []
     for name, path in paths.items():
-        collection = name.partition("/")[0]
-        if include and not any(r.search(path) for r in include):
-            plan.ignored[name] = "not included"
-            filtered.add(name)
-            continue
-        if any(r.search(path) for r in exclude):
-            plan.ignored[name] = "excluded"
+        reason = _left_out(path, include, exclude)
+        if reason:
+            plan.ignored[name] = reason
             filtered.add(name)
             continue
         new_path = path
         for regex, replacement in rename:
             new_path = regex.sub(replacement, new_path)
-        new_name = f"{collection}/{new_path}"
-        if new_name != name:
-            plan.renamed[name] = new_name
-        if new_name not in target:
-            plan.ignored[name] = "not in this model" + (f" (as {new_name})"
-                                                         if new_name != name else "")
-            problems.append(f"{name}: in {what}" + (f" (renamed {new_name})"
-                                                    if new_name != name else "")
-                            + ", not in this model")
-        elif new_name in plan.loaded:
-            raise ConfigError(f"config.init_from.rename maps both {plan.loaded[new_name]} and "
-                              f"{name} to {new_name}.")
-        elif tuple(source[name]) != tuple(target[new_name]):
-            plan.reinitialised[new_name] = (f"shape {_shape(source[name])} in {what}, "
-                                            f"{_shape(target[new_name])} here")
-            plan.ignored[name] = "another shape"
-            problems.append(f"{new_name}: shape {_shape(source[name])} in {what}"
-                            + (f" (as {name})" if new_name != name else "")
-                            + f", {_shape(target[new_name])} here")
-        else:
-            plan.loaded[new_name] = name
+        problems += _match(plan, name, f"{name.partition('/')[0]}/{new_path}", source, target,
+                           what)
+    problems += _unmatched_targets(plan, target, filtered, what)
+    _check_problems(plan, problems, cfg.on_mismatch, what)
+    return plan
+
+
+def _check_includes(include: list[re.Pattern], paths: list[str], what: str) -> None:
+    for regex in include:
+        if not any(regex.search(p) for p in paths):
+            shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
+            raise ConfigError(f"config.init_from.include entry {regex.pattern!r} matches no "
+                              f"parameter of {what} (its paths: {shown}).")
+
+
+def _left_out(path: str, include: list[re.Pattern], exclude: list[re.Pattern]) -> str:
+    """Why a source array is left out by include/exclude, or "" when it is taken."""
+    if include and not any(r.search(path) for r in include):
+        return "not included"
+    if any(r.search(path) for r in exclude):
+        return "excluded"
+    return ""
+
+
+def _match(plan: Plan, name: str, new_name: str, source: dict[str, tuple[int, ...]],
+           target: dict[str, tuple[int, ...]], what: str) -> list[str]:
+    """Record one taken source array (`name`, renamed `new_name`) in `plan`; its problems."""
+    renamed = new_name != name
+    if renamed:
+        plan.renamed[name] = new_name
+    if new_name not in target:
+        plan.ignored[name] = "not in this model" + (f" (as {new_name})" if renamed else "")
+        return [f"{name}: in {what}" + (f" (renamed {new_name})" if renamed else "")
+                + ", not in this model"]
+    if new_name in plan.loaded:
+        raise ConfigError(f"config.init_from.rename maps both {plan.loaded[new_name]} and "
+                          f"{name} to {new_name}.")
+    if tuple(source[name]) != tuple(target[new_name]):
+        here, there = _shape(target[new_name]), _shape(source[name])
+        plan.reinitialised[new_name] = f"shape {there} in {what}, {here} here"
+        plan.ignored[name] = "another shape"
+        return [f"{new_name}: shape {there} in {what}" + (f" (as {name})" if renamed else "")
+                + f", {here} here"]
+    plan.loaded[new_name] = name
+    return []
+
+
+def _unmatched_targets(plan: Plan, target: dict[str, tuple[int, ...]], filtered: set[str],
+                       what: str) -> list[str]:
+    """This model's arrays nothing was loaded into keep their fresh initialisation; those not
+    left out on purpose are problems."""
+    problems = []
     for name in target:
         if name in plan.loaded or name in plan.reinitialised:
             continue
@@ -255,7 +278,11 @@ def make_plan(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
         else:
             plan.reinitialised[name] = f"not in {what}"
             problems.append(f"{name}: in this model, not in {what}")
-    if problems and cfg.on_mismatch == "error":
+    return problems
+
+
+def _check_problems(plan: Plan, problems: list[str], on_mismatch: str, what: str) -> None:
+    if problems and on_mismatch == "error":
         raise ConfigError(
             f"config.init_from: {len(problems)} parameter(s) do not match {what} "
             "(on_mismatch=error):\n  " + "\n  ".join(problems) + "\nSelect with "
@@ -264,7 +291,6 @@ def make_plan(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
     if not plan.loaded:
         raise ConfigError(f"config.init_from: no parameter of {what} fits this model; nothing "
                           "would be loaded.")
-    return plan
 
 
 # Prepare and apply ---------------------------------------------------------------------------
