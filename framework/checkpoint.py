@@ -87,6 +87,17 @@ class Checkpointer:
         self._manager.close()
 
 
+def saved_steps(directory: Path) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, from the folder names alone: Orbax
+    renames a checkpoint to its step once it is written. Opening no checkpoint manager, it
+    neither creates the folder nor tidies it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and (p / "state").is_dir())
+
+
 def abstract_like(state: Any, shardings: Any) -> Any:
     """Shape/dtype/sharding stand-ins for restoring into `state`'s structure."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from framework import kinds
+from framework.checkpoint import saved_steps
 from framework.errors import ConfigError, JaxforgeError
 from framework.sharding import path_text
 from framework.weights import SUFFIX, flat_collections, load_weights
@@ -54,12 +55,6 @@ class Source:
                 else f"the weights file {self.path}")
 
 
-def _saved_steps(checkpoints: Path) -> list[int]:
-    """Complete checkpoints only: Orbax renames a checkpoint to its step when it is written."""
-    return sorted(int(p.name) for p in checkpoints.iterdir()
-                  if p.name.isdigit() and (p / "state").is_dir()) if checkpoints.is_dir() else []
-
-
 def find_source(path: str | Path, step: int | None = None,
                 key: str = "init_from.path") -> Source:
     """The checkpoint or weights file `path` names: a workdir (its latest checkpoint, or
@@ -83,8 +78,8 @@ def find_source(path: str | Path, step: int | None = None,
             raise ConfigError(f"{step_flag}={step} but {where} is the step-"
                               f"{path.name} checkpoint; leave step unset or give the workdir.")
         return Source("checkpoint", path, path.parent.parent, int(path.name))
-    workdir = path.parent if path.name == "checkpoints" and _saved_steps(path) else path
-    saved = _saved_steps(workdir / "checkpoints")
+    workdir = path.parent if path.name == "checkpoints" and saved_steps(path) else path
+    saved = saved_steps(workdir / "checkpoints")
     if not saved:
         raise ConfigError(f"{where} holds no checkpoint: give a workdir with checkpoints, a "
                           f"checkpoint directory (WORKDIR/checkpoints/N) or a {SUFFIX} file.")

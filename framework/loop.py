@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +33,17 @@ from framework import config as config_lib
 from framework import init_from, kinds, nonfinite
 from framework import mesh as mesh_lib
 from framework import sharding as sharding_lib
-from framework.checkpoint import Checkpointer, abstract_like
+from framework.checkpoint import Checkpointer, abstract_like, saved_steps
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
-from framework.metrics import MetricsLog, eval_record, read_metrics, summarize, write_json
+from framework.metrics import (
+    MetricsLog,
+    eval_record,
+    read_metrics,
+    read_summary,
+    summarize,
+    write_json,
+)
 from framework.model import Model, build_model
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
@@ -279,23 +285,8 @@ def _finished_run(config: ml_collections.ConfigDict, workdir: Path,
 
         finished = multihost_utils.broadcast_one_to_all(np.int32(summary is not None))
         if not is_main_process() and int(finished):
-            summary = _read_summary(workdir) or {}
+            summary = read_summary(workdir) or {}
     return summary
-
-
-def _read_summary(workdir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((workdir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _saved_steps(workdir: Path) -> list[int]:
-    """The steps of the complete checkpoints (Orbax renames a checkpoint to its step when it is
-    complete), without opening a checkpoint manager, which would tidy the directory."""
-    directory = workdir / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit() and p.is_dir()) if directory.is_dir() else []
 
 
 def _finished_summary(config: ml_collections.ConfigDict, workdir: Path,
@@ -304,10 +295,10 @@ def _finished_summary(config: ml_collections.ConfigDict, workdir: Path,
     names it), it was not preempted, and it reached the config's number of steps or stopped
     early (early stopping, a non-finite step). `--restore_step` of the latest checkpoint
     continues a run that stopped early; of an older one, any run."""
-    summary = _read_summary(workdir)
+    summary = read_summary(workdir)
     if not summary or summary.get("preempted_by") or "steps" not in summary:
         return None
-    saved = _saved_steps(workdir)
+    saved = saved_steps(workdir / "checkpoints")
     latest = saved[-1] if saved else None
     checkpoint = summary.get("checkpoint")
     if (Path(checkpoint).name if checkpoint else None) != (str(latest) if saved else None):
@@ -366,7 +357,7 @@ def _set_up_workdir(config: ml_collections.ConfigDict, workdir: Path, restore_st
     resume) first finds and checks its `init_from` source, so that bad input leaves the
     workdir as it was."""
     setup = set_up(config)
-    starts = restore_step is None and not _saved_steps(workdir)
+    starts = restore_step is None and not saved_steps(workdir / "checkpoints")
     prepared = init_from.prepare(setup) if starts else None
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
@@ -729,18 +720,24 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 def restore(workdir: str | Path, step: int | None = None
             ) -> tuple[Setup, TrainState, int]:
-    """Rebuild a workdir's plugins from its config.json and restore a checkpoint's state."""
+    """Rebuild a workdir's plugins from its config.json and restore a checkpoint's state (the
+    latest, or `step`). A workdir without that checkpoint fails before anything is built or
+    created in it."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.exists():
         raise JaxforgeError(f"{workdir} has no config.json: it is not a jaxforge workdir.")
+    saved = saved_steps(workdir / "checkpoints")
+    if not saved:
+        raise JaxforgeError(f"{workdir} holds no checkpoint; train first.")
+    if step is not None and step not in saved:
+        raise JaxforgeError(f"{workdir} has no step-{step} checkpoint; it has steps "
+                            f"{', '.join(map(str, saved))}.")
+    step = saved[-1] if step is None else step
     setup = set_up(config_lib.from_json_file(config_file))
     checkpointer = Checkpointer(workdir / "checkpoints", setup.config.checkpoint.max_to_keep,
                                 async_save=False)
     try:
-        step = step if step is not None else checkpointer.latest_step()
-        if step is None:
-            raise JaxforgeError(f"{workdir / 'checkpoints'} holds no checkpoint; train first.")
         state, _, _ = checkpointer.restore(step, _abstract_state(setup))
     finally:
         checkpointer.close()

@@ -48,6 +48,14 @@ def eval_record(records: list[dict[str, Any]], step: int | None) -> dict[str, An
     return {}
 
 
+def read_summary(workdir: Path) -> dict[str, Any] | None:
+    """A workdir's summary.json, or None when it has none (or an unreadable one)."""
+    try:
+        return json.loads((Path(workdir) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def summarize(records: list[dict[str, Any]], best_metric: str, best_mode: str) -> dict[str, Any]:
     """`final`: the last eval metrics; `best`: the eval record that is best on `best_metric`."""
     evals = [{k: v for k, v in r.items() if k == "step" or k.startswith("eval/")}

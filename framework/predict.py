@@ -121,21 +121,6 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _check_checkpoint(workdir: Path, step: int | None) -> None:
-    """Fail fast, before the plugins are built, on a workdir without the checkpoint asked for
-    (complete checkpoints are directories named by their step)."""
-    if not (workdir / "config.json").exists():
-        raise JaxforgeError(f"{workdir} has no config.json: it is not a jaxforge workdir.")
-    directory = workdir / "checkpoints"
-    steps = sorted(int(p.name) for p in directory.iterdir()
-                   if p.name.isdigit() and p.is_dir()) if directory.is_dir() else []
-    if not steps:
-        raise JaxforgeError(f"{workdir} holds no checkpoint; train first.")
-    if step is not None and step not in steps:
-        raise JaxforgeError(f"{workdir} has no step-{step} checkpoint; it has steps "
-                            f"{', '.join(map(str, steps))}.")
-
-
 def load(workdir: str | Path, step: int | None = None) -> LoadedModel:
     """A run's latest (or `step`) checkpoint, ready to predict, in this process.
 
@@ -146,7 +131,6 @@ def load(workdir: str | Path, step: int | None = None) -> LoadedModel:
     if jax.process_count() > 1:
         raise JaxforgeError("framework.load runs in one process; this is one of "
                             f"{jax.process_count()}.")
-    _check_checkpoint(Path(workdir), step)
     setup, state, step = loop.restore(workdir, step)
     uses_ema = state.ema_params is not None
     return LoadedModel(Path(workdir), int(step), setup.config, setup.data.metadata,

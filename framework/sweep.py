@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import functools
 import itertools
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import ml_collections
 
 from framework import config as config_lib
 from framework.errors import ConfigError
+from framework.metrics import read_summary
 
 _SWEEP_FLAG = re.compile(r"^--?sweep\.([^=\s]+)(?:=(.*))?$", re.S)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -139,13 +139,6 @@ def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
             raise ConfigError(f"Two sweep values give the same config (run {name}); list each "
                               "value once.")
     return runs
-
-
-def read_summary(workdir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((workdir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def is_finished(run: SweepRun) -> bool:
