@@ -116,6 +116,12 @@ def _collections(metadata: dict[str, Any], use_ema: bool, source: Source) -> dic
     return {"params": params, **(metadata.get("model_state") or {})}
 
 
+def _by_name(collections: dict[str, Any]) -> dict[str, Any]:
+    """`COLLECTION/PATH -> leaf` of `{"params": tree, "batch_stats": tree, ...}`."""
+    others = {c: tree for c, tree in collections.items() if c != "params"}
+    return flat_collections(collections["params"], others)
+
+
 def _restore(source: Source, tree: dict[str, Any]) -> dict[str, Any]:
     """Restore the arrays of `tree` (a subtree of the saved state, of ShapeDtypeStructs with
     shardings) and nothing else."""
@@ -152,9 +158,8 @@ def read_checkpoint(source: Source, use_ema: bool, wanted: dict[str, Any] | None
     collections = _collections(_state_metadata(source), use_ema, source)
     if wanted is None:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        wanted = {f"{c}/{path_text(p)}": jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
-                  for c, tree in collections.items()
-                  for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        wanted = {name: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+                  for name, m in _by_name(collections).items()}
     saved = {"ema_params" if (c == "params" and use_ema) else c: tree
              for c, tree in collections.items()}
     target = {}
@@ -332,7 +337,7 @@ def prepare(setup: Any) -> Prepared | None:
     if not cfg.path:
         return None
     source = find_source(cfg.path, cfg.step)
-    _, target = _target_shapes(setup)
+    abstract, target = _target_shapes(setup)
     if source.kind == "weights":
         tensors, metadata = load_weights(source.path)
         if cfg.convert:
@@ -342,13 +347,11 @@ def prepare(setup: Any) -> Prepared | None:
         return Prepared(source, plan, tensors=tensors, metadata=metadata)
     saved = _state_metadata(source)
     collections = _collections(saved, cfg.use_ema, source)
-    shapes = {f"{c}/{path_text(p)}": tuple(m.shape) for c, tree in collections.items()
-              for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    shapes = {name: tuple(m.shape) for name, m in _by_name(collections).items()}
     plan = make_plan(shapes, target, cfg)
     prepared = Prepared(source, plan)
     if cfg.optimizer_state:
         prepared.opt_metadata = saved.get("opt_state")
-        abstract, _ = _target_shapes(setup)
         _check_same_optimizer(prepared.opt_metadata, abstract.opt_state)
     return prepared
 
