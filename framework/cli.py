@@ -13,6 +13,8 @@
     jaxforge new-plugin NAME [--dir DIR]
     jaxforge config show --config PATH [--config.a.b=v ...]
     jaxforge weights export --workdir DIR -o model.safetensors [--step N] [--ema]
+    jaxforge generate --workdir runs/x --prompt "def " [--max_new_tokens 200] [--temperature 0.8]
+                      [--top_k 40] [--seed 0] [--step N]
 
 `train`, `eval` and `doctor` take --coordinator_address, --num_processes and --process_id for a
 multi-process run (one process per host); on Cloud TPU VMs, SLURM and Open MPI JAX finds them.
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_eval_command(commands)
     _add_predict_command(commands)
+    _add_generate_command(commands)
     _add_export_command(commands)
     _add_doctor_command(commands)
     _add_plot_command(commands)
@@ -129,6 +132,26 @@ def _add_predict_command(commands: Any) -> None:
                          help="examples per forward pass (default: the run's eval batch size)")
     predict.add_argument("--step", type=int, default=None,
                          help="checkpoint step (default: latest)")
+
+
+def _add_generate_command(commands: Any) -> None:
+    """`jaxforge generate` and its flags."""
+    generate = commands.add_parser(
+        "generate", allow_abbrev=False, help="text from a language model's checkpoint",
+        epilog="The model needs a key/value cache (transformer_lm has one); the run's dataset "
+               "gives the tokenizer (bytes when it has none and the vocabulary is 256).")
+    generate.add_argument("--workdir", required=True, metavar="DIR")
+    generate.add_argument("--prompt", required=True, help="the text to continue")
+    generate.add_argument("--max_new_tokens", type=int, default=200, metavar="N",
+                          help="tokens to generate (default: 200)")
+    generate.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                          help="sampling temperature; 0 takes the most probable token "
+                               "(default: 0.8)")
+    generate.add_argument("--top_k", type=int, default=40, metavar="K",
+                          help="sample among the K most probable tokens; 0: all (default: 40)")
+    generate.add_argument("--seed", type=int, default=0, help="the sampling seed (default: 0)")
+    generate.add_argument("--step", type=int, default=None,
+                          help="checkpoint step (default: latest)")
 
 
 def _add_export_command(commands: Any) -> None:
@@ -434,6 +457,17 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import generate
+
+    if args.temperature < 0 or args.top_k < 0:
+        raise JaxforgeError(f"--temperature={args.temperature} and --top_k={args.top_k} must "
+                            "not be negative.")
+    print(args.prompt + generate.generate(args.workdir, args.prompt, args.max_new_tokens,
+                                          args.temperature, args.top_k, args.seed, args.step))
+    return 0
+
+
 def _shapes(tree: Any) -> str:
     import jax
 
@@ -493,7 +527,8 @@ def _weights(args: argparse.Namespace, extra: list[str]) -> int:
 
 _COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
              "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep,
-             "predict": _predict, "export": _export, "weights": _weights}
+             "predict": _predict, "export": _export, "weights": _weights,
+             "generate": _generate}
 """Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
 
 

@@ -42,7 +42,8 @@ class Kind:
 
 MODELS = Kind(
     "models", "model", "model", mapping=False, decorator_fields=("loss", "convert_weights",
-                                                   "convert_weights_example"), builds=(
+                                                   "convert_weights_example",
+                                                   "logical_axis_rules"), builds=(
         ("(config, metadata: DatasetMetadata, dtype)",
          "a Flax Linen module, `__call__(x, *, train)`"),
         ("(config, metadata, dtype, rngs: nnx.Rngs)",

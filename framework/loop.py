@@ -101,8 +101,9 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
                               "dataset.eval_batch_size")
     num_steps = config_lib.num_steps(config, metadata.num_train)
 
-    model = build_model(registry.load(kinds.MODELS, config.model.name), config.model, metadata,
-                        jnp.dtype(config.train.precision), config.model.name)
+    model_plugin = registry.load(kinds.MODELS, config.model.name)
+    model = build_model(model_plugin, config.model, metadata, jnp.dtype(config.train.precision),
+                        config.model.name)
 
     optimizer = registry.load(kinds.OPTIMIZERS, config.optimizer.name).build(config.optimizer,
                                                                           num_steps)
@@ -129,7 +130,8 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
     abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
     _check_logged_names(abstract.opt_state)
     state_sharding = sharding_lib.train_state_shardings(
-        config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}))
+        config.mesh, mesh, abstract, model.annotated_variables(example).get("params", {}),
+        getattr(model_plugin, "logical_axis_rules", ()))
     init_state = jax.jit(create, out_shardings=state_sharding)
     return Setup(config, mesh, data, model, tx, penalties, augmentations, callbacks,
                  num_steps, state_sharding, init_state)

@@ -23,6 +23,17 @@ write for the model this plugin builds from `config` (its resolved section) and 
 in the foreign layout; the conformance check `model_convert_weights` converts it, and every
 converted name must be one of the model's parameter or collection arrays, of the same shape.
 
+A model plugin whose module annotates its parameters with logical axis names
+(`nn.with_logical_partitioning`) may ship `logical_axis_rules`, `((logical name, mesh axis or
+None), ...)`: the trainer maps the names with them when `config.mesh.logical_axis_rules` is
+empty (a non-empty config value replaces them whole). `transformer_lm`'s give Megatron-style
+tensor parallelism: `(("embed", "fsdp"), ("heads", "model"), ("mlp", "model"), ...)`.
+
+A Linen model can generate text (`jaxforge generate`, `framework.generate`) when its
+`__call__(tokens, *, train, decode=False, start=0)` with `decode=True` keeps a `cache`
+collection whose length is that of the tokens it was initialised with, and returns the logits
+of `tokens` placed at positions `start, start+1, ...` given what the cache holds before them.
+
 `dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
 takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
 `nnx.Rngs` from the run's seed (streams `params`, `dropout`, and a default one), so the run's seed
@@ -55,6 +66,9 @@ class Plugin:
     # (`params/Dense_0/kernel` -> array), for `config.init_from.convert`; with an example input.
     convert_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     convert_weights_example: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Models only: ((logical axis name, mesh axis or None), ...) for the names the module
+    # annotates, used when config.mesh.logical_axis_rules is empty.
+    logical_axis_rules: tuple[tuple[str, str | None], ...] = ()
     description: str = ""
 
 

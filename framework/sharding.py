@@ -4,7 +4,8 @@ A parameter's partition spec is, in order of precedence:
   1. the first of `config.mesh.rules` whose regex `re.search`es its path (`Dense_0/kernel`, as in
      parameters.txt), e.g. `("Dense_.*/kernel", (None, "model"))`;
   2. the Flax logical-axis annotation (`nn.with_logical_partitioning`) the model gave it,
-     mapped to mesh axes by `config.mesh.logical_axis_rules`, e.g. `(("mlp", "model"),)`;
+     mapped to mesh axes by `config.mesh.logical_axis_rules`, e.g. `(("mlp", "model"),)`, or
+     when that is empty by the model plugin's own `logical_axis_rules`;
   3. the FSDP default: when the mesh's `fsdp` axis has more than one device, a parameter of at
      least `config.mesh.fsdp_min_size` elements is split along its largest dimension that the
      `fsdp` size divides;
@@ -83,11 +84,13 @@ def parse_logical_axis_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str,
 
 
 def logical_param_specs(annotated_params: Any, logical_axis_rules: Sequence[tuple[str, Any]]
-                        ) -> dict[str, PartitionSpec]:
-    """Mesh specs of the parameters a Flax model annotated with logical axis names, by path."""
+                        ) -> dict[str, tuple[PartitionSpec, tuple[str, ...]]]:
+    """Mesh specs of the parameters a Flax model annotated with logical axis names, and those
+    names, by path."""
     boxed = jax.tree_util.tree_flatten_with_path(
         annotated_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
-    return {path_text(path): nn.logical_to_mesh_axes(leaf.names, logical_axis_rules)
+    return {path_text(path): (nn.logical_to_mesh_axes(leaf.names, logical_axis_rules),
+                              tuple(leaf.names))
             for path, leaf in boxed if isinstance(leaf, nn.LogicallyPartitioned)}
 
 
@@ -118,7 +121,8 @@ def _check_fits(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, path: str
 
 
 def param_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[Rule],
-                fsdp_min_size: int, logical: dict[str, PartitionSpec] | None = None
+                fsdp_min_size: int,
+                logical: dict[str, tuple[PartitionSpec, tuple[str, ...]]] | None = None
                 ) -> dict[str, PartitionSpec]:
     """The partition spec of every parameter, keyed by its path."""
     specs = {}
@@ -128,7 +132,8 @@ def param_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[Rule],
         if rule is not None:
             spec, source = rule[1], f"config.mesh.rules entry {rule[0].pattern!r}"
         elif logical and name in logical:
-            spec, source = logical[name], "the model's logical axis annotation"
+            spec, names = logical[name]
+            source = f"the model's logical axis annotation {names}"
         else:
             spec, source = fsdp_spec(leaf.shape, mesh.shape["fsdp"], fsdp_min_size), "FSDP"
         _check_fits(spec, leaf.shape, mesh, name, source)
@@ -159,10 +164,15 @@ def state_shardings(abstract_state: Any, mesh: Mesh, specs: dict[str, PartitionS
 
 
 def train_state_shardings(mesh_config: Any, mesh: Mesh, abstract_state: Any,
-                          annotated_params: Any) -> Any:
-    """The shardings `config.mesh` asks for, for every array of a train state."""
-    logical = logical_param_specs(annotated_params,
-                                  parse_logical_axis_rules(mesh_config.logical_axis_rules))
+                          annotated_params: Any,
+                          model_logical_axis_rules: Sequence[Sequence[Any]] = ()) -> Any:
+    """The shardings `config.mesh` asks for, for every array of a train state.
+
+    `model_logical_axis_rules` (the model plugin's `logical_axis_rules`) apply when
+    `config.mesh.logical_axis_rules` is empty.
+    """
+    rules = mesh_config.logical_axis_rules or model_logical_axis_rules
+    logical = logical_param_specs(annotated_params, parse_logical_axis_rules(rules))
     specs = param_specs(abstract_state.params, mesh, parse_rules(mesh_config.rules),
                         mesh_config.fsdp_min_size, logical)
     return state_shardings(abstract_state, mesh, specs, mesh_config.fsdp_min_size)

@@ -1,0 +1,204 @@
+"""transformer_lm: shapes, parameters and their logical axes, scan/remat, causality, the
+conformance checks, tensor parallelism on the `model` axis, and its bad-input errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import framework
+from framework import loop
+from framework.cli import main
+from framework.testing import check_plugin, tiny_config
+from plugins.models import transformer_lm
+
+# Before the merge the plugin is registered in-process; afterwards `transformer_lm` is installed.
+LM = "lm_under_test"
+BYTES = "bytes_under_test"
+TEXT = b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\n" * 24
+TINY = {"name": LM, "width": 32, "depth": 2, "num_heads": 2, "head_dim": 16, "mlp_dim": 64,
+        "max_len": 64}
+
+
+def build_bytes(config: ml_collections.ConfigDict, context: framework.DataContext
+                ) -> framework.ArraySource:
+    """Windows of `length` + 1 bytes of TEXT; inputs are the first `length`, labels the last."""
+    data = np.frombuffer(TEXT, np.uint8).astype(np.int32)
+    windows = np.lib.stride_tricks.sliding_window_view(data, config.length + 1)[::7]
+    split = len(windows) * 3 // 4
+    train, evaluation = ({"inputs": w[:, :-1].copy(), "label": w[:, 1:].copy()}
+                         for w in (windows[:split], windows[split:]))
+    metadata = framework.DatasetMetadata(input_shape=(config.length,), num_classes=256,
+                                         num_train=split, num_eval=len(windows) - split,
+                                         input_dtype="int32")
+    return framework.ArraySource(train, evaluation, metadata, config, context)
+
+
+BYTES_PLUGIN = framework.Plugin(build=build_bytes, api_version=framework.PLUGIN_API_VERSION,
+                                default_config=lambda: framework.fields(
+                                    length=(16, "Tokens per example.")))
+
+
+@pytest.fixture
+def lm_plugins():
+    with (framework.registry.registered("models", LM, transformer_lm.plugin),
+          framework.registry.registered("datasets", BYTES, BYTES_PLUGIN)):
+        yield
+
+
+def lm_config(**sections):
+    """A seconds-long experiment: the tiny LM on TEXT."""
+    sections = {"model": TINY, "dataset": {"name": BYTES, "batch_size": 8}, **sections}
+    sections["model"] = {**TINY, **sections["model"]}
+    return tiny_config(**sections)
+
+
+def module(**fields):
+    return transformer_lm.TransformerLM(**{"vocab_size": 256, **{
+        k: v for k, v in TINY.items() if k != "name"}, **fields})
+
+
+TOKENS = jnp.asarray(np.frombuffer(TEXT[:32], np.uint8).reshape(2, 16), jnp.int32)
+
+
+def test_logits_shape_and_parameter_count():
+    variables = module().init(jax.random.PRNGKey(0), TOKENS, train=False)
+    assert module().apply(variables, TOKENS, train=False).shape == (2, 16, 256)
+    count = sum(x.size for x in jax.tree.leaves(nn.unbox(variables["params"])))
+    # Embedding 256x32; per block q, k, v 3x32x2x16, out 2x16x32, SwiGLU 3x32x64, two norms 2x32.
+    per_block = 3 * 32 * 32 + 32 * 32 + 3 * 32 * 64 + 2 * 32
+    assert count == 256 * 32 + 2 * per_block + 32
+    untied = module(tied_embedding=False).init(jax.random.PRNGKey(0), TOKENS, train=False)
+    assert sum(x.size for x in jax.tree.leaves(nn.unbox(untied["params"]))) == count + 32 * 256
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_parameter_has_logical_axis_names(scan):
+    params = module(scan_layers=scan, tied_embedding=False).init(
+        jax.random.PRNGKey(0), TOKENS, train=False)["params"]
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+    names = {leaf.names for leaf in leaves}
+    block = {("embed", "heads", "kv"), ("heads", "kv", "embed"), ("embed", "mlp"),
+             ("mlp", "embed"), ("norm",)}
+    layered = {("layers", *n) for n in block} if scan else block
+    assert names == layered | {("vocab", "embed"), ("embed", "vocab"), ("norm",)}
+    assert all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
+
+
+def test_scanned_layers_compute_the_same_as_unrolled_ones():
+    unrolled = nn.unbox(module().init(jax.random.PRNGKey(0), TOKENS, train=False))["params"]
+    layers = [unrolled.pop(f"layers_{i}") for i in range(2)]
+    stacked = {**unrolled, "layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
+    expected = module().apply({"params": {**unrolled, **{f"layers_{i}": layer for i, layer
+                                                          in enumerate(layers)}}},
+                              TOKENS, train=False)
+    scanned = module(scan_layers=True).apply({"params": stacked}, TOKENS, train=False)
+    np.testing.assert_allclose(scanned, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_gives_the_same_logits_and_gradients(scan):
+    params = nn.unbox(module(scan_layers=scan).init(jax.random.PRNGKey(0), TOKENS,
+                                                    train=False))["params"]
+
+    def loss(params, remat):
+        logits = module(scan_layers=scan, remat=remat, dropout_rate=0.1).apply(
+            {"params": params}, TOKENS, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+        return transformer_lm.next_token_loss(logits, {"label": TOKENS})[0].mean()
+
+    (plain, plain_grads), (remat, remat_grads) = (
+        jax.value_and_grad(loss)(params, r) for r in (False, True))
+    assert remat == pytest.approx(float(plain), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads,
+                 plain_grads)
+
+
+def test_a_future_token_does_not_change_earlier_logits():
+    model = module()
+    variables = model.init(jax.random.PRNGKey(0), TOKENS, train=False)
+    changed = TOKENS.at[:, 10].set((TOKENS[:, 10] + 1) % 256)
+    before, after = (model.apply(variables, t, train=False) for t in (TOKENS, changed))
+    np.testing.assert_array_equal(before[:, :10], after[:, :10])
+    assert not np.allclose(before[:, 10:], after[:, 10:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_plugin_passes_the_conformance_checks(lm_plugins, scan):
+    results = check_plugin("models", transformer_lm.plugin,
+                           lm_config(model={"scan_layers": scan, "remat": scan}))
+    assert {r.check for r in results if r.status == "skip"} <= {
+        "import_leaves_jax_uninitialised", "model_convert_weights"}
+
+
+def records(workdir):
+    import json
+
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+@pytest.mark.slow
+def test_tensor_parallel_training_splits_heads_and_mlp_over_model_and_matches_one_device(
+        tmp_path, lm_plugins):
+    train = {"num_steps": 6, "log_every_steps": 2, "eval_every_steps": 0}
+    for name, mesh in {"one": {"data": 1}, "tp": {"data": 2, "fsdp": 2, "model": 2}}.items():
+        framework.train(framework.resolve_config(lm_config(
+            mesh={**mesh, "fsdp_min_size": 1}, train=train)), tmp_path / name)
+    _, state, _ = loop.restore(tmp_path / "tp")
+    layer = state.params["layers_0"]
+    assert layer["attention"]["query"]["kernel"].sharding.spec == P("fsdp", "model", None)
+    assert layer["attention"]["out"]["kernel"].sharding.spec == P("model", None, "fsdp")
+    assert layer["mlp"]["wi_gate"]["kernel"].sharding.spec == P("fsdp", "model")
+    assert layer["mlp"]["wo"]["kernel"].sharding.spec == P("model", "fsdp")
+    assert state.params["embedding"]["embedding"].sharding.spec == P("model", "fsdp")
+    assert layer["attention_norm"]["scale"].sharding.spec == P(None)
+    assert "query/kernel  (32, 2, 16)  float32  1,024  ('fsdp', 'model', None)" in (
+        tmp_path / "tp" / "parameters.txt").read_text()
+    tp, one = records(tmp_path / "tp"), records(tmp_path / "one")
+    assert [r["train/loss"] for r in tp] == pytest.approx([r["train/loss"] for r in one],
+                                                          rel=1e-4)
+
+
+def test_config_logical_axis_rules_replace_the_plugins(tmp_path, lm_plugins):
+    config = framework.resolve_config(lm_config(mesh={
+        "data": 4, "model": 2, "logical_axis_rules": (("mlp", "model"),)}))
+    setup = loop.set_up(config)
+    specs = {framework.path_text(path): sharding.spec for path, sharding
+             in jax.tree_util.tree_flatten_with_path(setup.state_sharding.params)[0]}
+    assert specs["layers_0/mlp/wi_up/kernel"] == P(None, "model")
+    assert specs["layers_0/attention/query/kernel"] == P(None, None, None)
+
+
+@pytest.mark.parametrize("model, mesh, message", [
+    ({"max_len": 8}, {}, "config.model.max_len=8 is shorter than the dataset's sequences "
+                         "\\(16 tokens\\)"),
+    ({"num_heads": 3}, {"data": 4, "model": 2},
+     "annotation \\('embed', 'heads', 'kv'\\) splits dimension 1 of layers_0/attention/"
+     "key/kernel \\(shape \\(32, 3, 16\\)\\).* 2 shards, which does not divide 3"),
+    ({"mlp_dim": 30, "num_heads": 4, "head_dim": 8}, {"data": 2, "model": 4},
+     "annotation \\('embed', 'mlp'\\) splits dimension 1 of layers_0/mlp/wi_gate/kernel "
+     "\\(shape \\(32, 30\\)\\).* 4 shards, which does not divide 30"),
+])
+def test_bad_sizes_are_one_line_errors_before_training(tmp_path, lm_plugins, capsys, model,
+                                                       mesh, message):
+    config = lm_config(model=model, mesh=mesh)
+    with pytest.raises(framework.ConfigError, match=message):
+        loop.set_up(framework.resolve_config(config))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_reports_a_too_long_sequence_with_exit_status_2(tmp_path, lm_plugins, capsys):
+    experiment = tmp_path / "lm.py"
+    experiment.write_text(
+        "from framework.testing import tiny_config\n\n\ndef get_config():\n"
+        f"    return tiny_config(model={ {**TINY, 'max_len': 8} !r}, "
+        f"dataset={ {'name': BYTES, 'batch_size': 8} !r})\n")
+    status = main(["train", "--config", str(experiment), "--workdir", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert status == 2 and len(error.strip().splitlines()) == 1
+    assert "max_len=8 is shorter than the dataset's sequences (16 tokens)" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
