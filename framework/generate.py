@@ -9,7 +9,8 @@ The keys and values prefill writes past the prompt (of padding) are overwritten 
 steps before any query can see them: a query at position p attends to positions up to p only.
 
 `generate(workdir, prompt)` loads a run's checkpoint (`framework.load`) and its dataset's
-tokenizer, and returns the new text; `jaxforge generate` prints the prompt and that text.
+tokenizer, and returns the new text (`generate_text` does the same for a model loaded once);
+`jaxforge generate` prints the prompt and that text.
 """
 
 from __future__ import annotations
@@ -140,23 +141,25 @@ def tokenizer_for(config: Any, vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def generate(workdir: str | Path, prompt: str, max_new_tokens: int = 200,
-             temperature: float = 0.8, top_k: int = 40, seed: int = 0,
-             step: int | None = None) -> str:
-    """The text a run's language model writes after `prompt` (the prompt not included).
-
-    The latest checkpoint (or `step`; its EMA parameters when the run kept them) generates
-    `max_new_tokens` tokens, sampled at `temperature` from the `top_k` most probable (0: all;
-    temperature 0: always the most probable), drawn from `seed`.
-    """
-    from framework.predict import load
-
-    loaded = load(workdir, step)
+def generate_text(loaded: Any, prompt: str, max_new_tokens: int = 200,
+                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
+    """The text a loaded run's (`framework.load`) language model writes after `prompt`, the
+    prompt not included: `max_new_tokens` tokens, sampled at `temperature` among the `top_k`
+    most probable (0: all; temperature 0: always the most probable), drawn from `seed`."""
     module = getattr(loaded.model, "module", loaded.model)
     check_generates(module)
     tokenizer = tokenizer_for(loaded.config, loaded.metadata.num_classes)
     ids = tokenizer.encode(prompt)
-    length = getattr(module, "max_len", len(ids) + max_new_tokens)
-    _check_lengths(len(ids), max_new_tokens, length)
+    _check_lengths(len(ids), max_new_tokens, getattr(module, "max_len", len(ids) + max_new_tokens))
     generator = Generator(module, loaded.params, len(ids) + max_new_tokens)
     return tokenizer.decode(generator.generate(ids, max_new_tokens, temperature, top_k, seed))
+
+
+def generate(workdir: str | Path, prompt: str, max_new_tokens: int = 200,
+             temperature: float = 0.8, top_k: int = 40, seed: int = 0,
+             step: int | None = None) -> str:
+    """`generate_text` from a run's latest checkpoint (or `step`; its EMA parameters when the
+    run kept them)."""
+    from framework.predict import load
+
+    return generate_text(load(workdir, step), prompt, max_new_tokens, temperature, top_k, seed)
