@@ -1,6 +1,8 @@
 """transformer_lm: shapes, parameters and their logical axes, scan/remat, causality, the
 conformance checks, tensor parallelism on the `model` axis, and its bad-input errors."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -136,9 +138,7 @@ def test_the_plugin_passes_the_conformance_checks(lm_plugins, scan):
 
 
 def records(workdir):
-    import json
-
-    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
