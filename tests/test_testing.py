@@ -23,7 +23,11 @@ from framework.testing import (
 )
 
 SMALL_RESNET = tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4})
-BUILTINS = [(info.kind, info.id, SMALL_RESNET if info.name == "resnet" else None)
+# big_vision's smallest ViT, `mu`, on images its patches divide.
+MU_VIT = tiny_config(model={"name": "vit", "patch_size": 4, "width": 32, "depth": 1,
+                            "mlp_dim": 128, "num_heads": 2}, dataset={"shape": (8, 8, 3)})
+EXPERIMENTS = {"resnet": SMALL_RESNET, "vit": MU_VIT}
+BUILTINS = [(info.kind, info.id, EXPERIMENTS.get(info.name))
             for info in registry.infos() if info.distribution == "jaxforge"]
 
 
