@@ -176,6 +176,9 @@ def test_config_logical_axis_rules_replace_the_plugins(tmp_path, lm_plugins):
 @pytest.mark.parametrize("model, mesh, message", [
     ({"max_len": 8}, {}, "config.model.max_len=8 is shorter than the dataset's sequences "
                          "\\(16 tokens\\)"),
+    ({"dataset": "synthetic"}, {}, "transformer_lm takes token sequences \\(input_shape "
+                                   "\\(T,\\), an integer dtype\\); the dataset gives "
+                                   "float32 examples of shape \\(28, 28, 1\\)"),
     ({"num_heads": 3}, {"data": 4, "model": 2},
      "annotation \\('embed', 'heads', 'kv'\\) splits dimension 1 of layers_0/attention/"
      "key/kernel \\(shape \\(32, 3, 16\\)\\).* 2 shards, which does not divide 3"),
@@ -185,7 +188,9 @@ def test_config_logical_axis_rules_replace_the_plugins(tmp_path, lm_plugins):
 ])
 def test_bad_sizes_are_one_line_errors_before_training(tmp_path, lm_plugins, capsys, model,
                                                        mesh, message):
-    config = lm_config(model=model, mesh=mesh)
+    model = dict(model)
+    data = {"name": model.pop("dataset")} if "dataset" in model else {"name": BYTES}
+    config = lm_config(model=model, mesh=mesh, dataset={**data, "batch_size": 8})
     with pytest.raises(framework.ConfigError, match=message):
         loop.set_up(framework.resolve_config(config))
     assert not (tmp_path / "run").exists()
