@@ -163,12 +163,22 @@ def test_tensor_parallel_training_splits_heads_and_mlp_over_model_and_matches_on
                                                           rel=1e-4)
 
 
-def test_config_logical_axis_rules_replace_the_plugins(tmp_path, lm_plugins):
-    config = framework.resolve_config(lm_config(mesh={
-        "data": 4, "model": 2, "logical_axis_rules": (("mlp", "model"),)}))
-    setup = loop.set_up(config)
-    specs = {framework.path_text(path): sharding.spec for path, sharding
-             in jax.tree_util.tree_flatten_with_path(setup.state_sharding.params)[0]}
+def param_specs(config):
+    setup = loop.set_up(framework.resolve_config(config))
+    return {framework.path_text(path): sharding.spec for path, sharding
+            in jax.tree_util.tree_flatten_with_path(setup.state_sharding.params)[0]}
+
+
+def test_scanned_layers_are_split_like_unrolled_ones_with_a_whole_layers_axis(lm_plugins):
+    specs = param_specs(lm_config(model={"scan_layers": True},
+                                  mesh={"data": 2, "fsdp": 2, "model": 2}))
+    assert specs["layers/attention/query/kernel"] == P(None, "fsdp", "model", None)
+    assert specs["layers/mlp/wo/kernel"] == P(None, "model", "fsdp")
+
+
+def test_config_logical_axis_rules_replace_the_plugins(lm_plugins):
+    specs = param_specs(lm_config(mesh={"data": 4, "model": 2,
+                                        "logical_axis_rules": (("mlp", "model"),)}))
     assert specs["layers_0/mlp/wi_up/kernel"] == P(None, "model")
     assert specs["layers_0/attention/query/kernel"] == P(None, None, None)
 
