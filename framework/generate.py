@@ -65,7 +65,9 @@ class Generator:
         self.cache_shapes = jax.eval_shape(lambda: module.init(
             jax.random.PRNGKey(0), tokens, train=False, decode=True)["cache"])
         self.prefill = jax.jit(self._prefill, static_argnames=("temperature", "top_k"))
-        self.decode = jax.jit(self._decode, static_argnames=("temperature", "top_k"))
+        # Each step's cache replaces the last one's in place (donated), not beside it.
+        self.decode = jax.jit(self._decode, static_argnames=("temperature", "top_k"),
+                              donate_argnames=("cache",))
 
     def _logits(self, params: Any, cache: Any, tokens: jax.Array, start: jax.Array
                 ) -> tuple[jax.Array, Any]:
