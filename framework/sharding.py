@@ -72,12 +72,14 @@ def _partition_spec(spec: Any, where: str) -> PartitionSpec:
     return PartitionSpec(*entries)
 
 
-def parse_logical_axis_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
-    """`((logical name, mesh axis or None), ...)` from the config, checked."""
+def parse_logical_axis_rules(rules: Sequence[Sequence[Any]],
+                             where: str = "config.mesh.logical_axis_rules"
+                             ) -> tuple[tuple[str, Any], ...]:
+    """`((logical name, mesh axis or None), ...)` from the config (or a model plugin), checked."""
     for index, rule in enumerate(rules):
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
                 and (rule[1] is None or rule[1] in AXES)):
-            raise ConfigError(f"config.mesh.logical_axis_rules[{index}]={rule!r} must be a pair "
+            raise ConfigError(f"{where}[{index}]={rule!r} must be a pair "
                               f"(logical axis name, mesh axis): the mesh axis one of "
                               f"{', '.join(AXES)} or None, e.g. ('mlp', 'model').")
     return tuple((name, axis) for name, axis in rules)
@@ -171,8 +173,12 @@ def train_state_shardings(mesh_config: Any, mesh: Mesh, abstract_state: Any,
     `model_logical_axis_rules` (the model plugin's `logical_axis_rules`) apply when
     `config.mesh.logical_axis_rules` is empty.
     """
-    rules = mesh_config.logical_axis_rules or model_logical_axis_rules
-    logical = logical_param_specs(annotated_params, parse_logical_axis_rules(rules))
+    if mesh_config.logical_axis_rules:
+        rules = parse_logical_axis_rules(mesh_config.logical_axis_rules)
+    else:
+        rules = parse_logical_axis_rules(model_logical_axis_rules or (),
+                                         "the model plugin's logical_axis_rules")
+    logical = logical_param_specs(annotated_params, rules)
     specs = param_specs(abstract_state.params, mesh, parse_rules(mesh_config.rules),
                         mesh_config.fsdp_min_size, logical)
     return state_shardings(abstract_state, mesh, specs, mesh_config.fsdp_min_size)

@@ -1,6 +1,7 @@
 """transformer_lm: shapes, parameters and their logical axes, scan/remat, causality, the
 conformance checks, tensor parallelism on the `model` axis, and its bad-input errors."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -217,3 +218,11 @@ def test_the_cli_reports_a_too_long_sequence_with_exit_status_2(tmp_path, lm_plu
     assert status == 2 and len(error.strip().splitlines()) == 1
     assert "max_len=8 is shorter than the dataset's sequences (16 tokens)" in error
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_plugins_malformed_logical_axis_rule_is_named_as_the_plugins(lm_plugins):
+    broken = dataclasses.replace(transformer_lm.plugin, logical_axis_rules=(("heads", "tensor"),))
+    with (framework.registry.registered("models", "broken_lm", broken),
+          pytest.raises(framework.ConfigError, match="the model plugin's logical_axis_rules"
+                                                     "\\[0\\]=\\('heads', 'tensor'\\)")):
+        param_specs(lm_config(model={"name": "broken_lm"}))
