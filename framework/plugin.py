@@ -8,8 +8,8 @@ print(kinds.build_table())"`).
 
 Any plugin may define `validate(config)`, raising `framework.ConfigError` for a bad value; it
 runs when the config is resolved, before anything is built. A model plugin may also define
-`loss(outputs, batch) -> (per_example_loss, {name: per_example})`; without it, classification
-cross-entropy and accuracy are used.
+`loss(outputs, batch)`, returning what a `losses` plugin's loss returns (see `framework.loss`);
+without it, the loss plugin `config.loss.name` names is used (default `cross_entropy`).
 
 A model plugin may define `convert_weights(tensors) -> tensors`: from a dict of numpy arrays
 named and laid out as another framework writes them (a torchvision checkpoint saved as
@@ -62,11 +62,15 @@ class Plugin:
 class DatasetMetadata:
     """What a dataset promises about its examples; models are built from it."""
 
-    input_shape: tuple[int, ...]  # One example, e.g. (28, 28, 1).
+    input_shape: tuple[int, ...]  # One example, e.g. (28, 28, 1); (T,) for T tokens.
+    # The classes of integer targets, or for token data the vocabulary size (inputs and
+    # targets both index it); 0 for float (regression) targets.
     num_classes: int
     num_train: int
     num_eval: int
     input_dtype: str = "float32"
+    target_shape: tuple[int, ...] = ()  # One example's `label`: () a class, (T,) T tokens.
+    target_dtype: str = "int32"  # An integer dtype for classes and tokens, a float for values.
 
 
 @dataclasses.dataclass(frozen=True)
