@@ -47,11 +47,11 @@ def batch_problem(batch: Any, metadata: DatasetMetadata, size: int | None = None
 
     The rules: a dict of numpy arrays with `inputs` and `label`, all of one leading dimension
     (`size`, this process's batch size, when given), `inputs` of the metadata's input_shape and
-    input_dtype, `label` of its target_shape and of target_dtype's kind (integer or float)
-    where the metadata declares them (`declares_targets`), integer targets in [0, num_classes) when num_classes > 0, and an optional float
-    `label_mask` of the label's shape (targets it marks 0 are padding: their values are not
-    checked). The training loop (`check_batch`) and the conformance checks
-    (`framework.testing`) apply the same rules.
+    input_dtype; `label` of its target_shape and of target_dtype's kind (integer or float)
+    where the metadata declares them (`declares_targets`); integer targets in
+    [0, num_classes) when num_classes > 0; an optional float `label_mask` of the label's shape
+    (targets it marks 0 are padding: their values are not checked). The training loop
+    (`check_batch`) and the conformance checks (`framework.testing`) apply the same rules.
     """
     if not isinstance(batch, dict):
         return f"A {what} is a {type(batch).__name__}, not a dict."
@@ -94,10 +94,10 @@ def _target_problem(batch: Batch, metadata: DatasetMetadata, what: str) -> str |
         if not np.issubdtype(label.dtype, np.integer if integer else np.floating):
             return (f"{what}['label'] is {label.dtype}, but the metadata promises "
                     f"target_dtype={metadata.target_dtype!r}.")
-    if mask is not None:
-        if mask.shape != label.shape or not np.issubdtype(mask.dtype, np.floating):
-            return (f"{what}['label_mask'] is {mask.dtype}{list(mask.shape)}; it must be float "
-                    f"(1 counts, 0 is padding) of the label's shape {list(label.shape)}.")
+    if mask is not None and (mask.shape != label.shape
+                             or not np.issubdtype(mask.dtype, np.floating)):
+        return (f"{what}['label_mask'] is {mask.dtype}{list(mask.shape)}; it must be float "
+                f"(1 counts, 0 is padding) of the label's shape {list(label.shape)}.")
     if integer and metadata.num_classes > 0:
         outside = (label < 0) | (label >= metadata.num_classes)
         if mask is not None:
