@@ -787,8 +787,8 @@ def _loss_under_jit(subject: Subject) -> None:
 
 @_check("loss_padding_counts_for_nothing", [LOSSES],
         "with a `label_mask`, the loss is a framework.WeightedLoss (per target), and a target "
-        "masked 0 counts for nothing: whatever its label, the loss and weight are those of the "
-        "batch without it; a batch of padding only weighs 0.")
+        "masked 0 counts for nothing: its label does not change the result, an example of "
+        "padding only has weight and loss 0, and the weights sum to label_mask's sum.")
 def _loss_padding_counts_for_nothing(subject: Subject) -> None:
     loss = jax.jit(_built_loss(subject))
     batch, outputs = jax.tree.map(jnp.asarray, subject.batch), subject.outputs

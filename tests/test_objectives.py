@@ -15,6 +15,7 @@ import framework
 from framework import loop
 from framework.model import classification_loss
 from framework.testing import parametrize_with_checks, run_checks
+from framework.workdir import config_changes
 
 VOCAB, LENGTH = 8, 6
 
@@ -179,6 +180,16 @@ def test_a_loss_that_does_not_fit_the_targets_is_a_config_error(tmp_path):
     config = experiment("values", "value_model", "cross_entropy")
     with pytest.raises(framework.ConfigError, match="needs integer targets.*loss.name=mse"):
         framework.train(framework.resolve_config(config), tmp_path)
+
+
+def test_a_workdir_written_before_the_loss_section_resumes_with_the_default(tmp_path):
+    config = framework.resolve_config(framework.testing.tiny_config())
+    written = config.to_dict()
+    del written["loss"]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    assert config_changes(tmp_path, config) == []
+    other = framework.resolve_config(framework.testing.tiny_config(loss={"name": "mse"}))
+    assert config_changes(tmp_path, other) == ["loss.name: '<absent>' -> 'mse'"]
 
 
 def test_cross_entropy_on_classes_is_classification_loss_with_mixup_labels():
