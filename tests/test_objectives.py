@@ -13,6 +13,7 @@ import pytest
 
 import framework
 from framework import loop
+from framework.loss import batch_means, eval_sums
 from framework.model import classification_loss
 from framework.testing import parametrize_with_checks, run_checks
 from framework.workdir import config_changes
@@ -180,6 +181,18 @@ def test_a_loss_that_does_not_fit_the_targets_is_a_config_error(tmp_path):
     config = experiment("values", "value_model", "cross_entropy")
     with pytest.raises(framework.ConfigError, match="needs integer targets.*loss.name=mse"):
         framework.train(framework.resolve_config(config), tmp_path)
+
+
+def test_a_weighted_loss_averages_per_target_and_padding_only_gives_zero():
+    result = framework.WeightedLoss(jnp.array([3.0, 1.0, 0.0]), {"accuracy": jnp.array(
+        [2.0, 1.0, 0.0])}, jnp.array([3.0, 1.0, 0.0]))
+    loss, means = batch_means(result)
+    assert float(loss) == 1.0 and float(means["accuracy"]) == 0.75
+    sums, count = eval_sums(result, jnp.array([1.0, 0.0, 1.0]))  # The second is eval padding.
+    assert float(sums["loss"]) == 3.0 and float(count) == 3.0
+    padding = jax.grad(lambda x: batch_means(framework.WeightedLoss(
+        x * 0.0, {}, jnp.zeros(2)))[0])(jnp.ones(2))
+    assert np.all(np.isfinite(padding))
 
 
 def test_a_workdir_written_before_the_loss_section_resumes_with_the_default(tmp_path):
