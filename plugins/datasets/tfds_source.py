@@ -157,16 +157,28 @@ class GrainSource:
                                           num_threads=self._num_threads())
 
 
-def _unreadable(config: ml_collections.ConfigDict, split: str, error: Exception
-                ) -> framework.JaxforgeError:
-    where = config.data_dir or "TFDS's default data_dir"
+def _unreadable(name: str, data_dir: str, split: str, error: Exception,
+                data_dir_key: str = "data_dir") -> framework.JaxforgeError:
+    where = data_dir or "TFDS's default data_dir"
     return framework.JaxforgeError(
-        f"Cannot read TFDS dataset {config.tfds_name!r} split {split!r} from {where} "
+        f"Cannot read TFDS dataset {name!r} split {split!r} from {where} "
         f"({type(error).__name__}: {error}). jaxforge reads TFDS data as array_record without "
-        f"TensorFlow. Prepare it where there is network access: `tfds build {config.tfds_name} "
-        "--file_format=array_record --data_dir DIR`, then pass --config.dataset.data_dir=DIR. "
+        f"TensorFlow. Prepare it where there is network access: `tfds build {name} "
+        "--file_format=array_record --data_dir DIR`, then pass "
+        f"--config.dataset.{data_dir_key}=DIR. "
         "A dataset prepared as tfrecord is read when TensorFlow is installed: "
         "pip install 'jaxforge[tf]'.")
+
+
+def data_source(name: str, split: str, data_dir: str, data_dir_key: str = "data_dir") -> Any:
+    """The random-access source of one prepared split (array_record), without downloading;
+    a JaxforgeError that says how to prepare it if it cannot be read."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as error:
+        raise _unreadable(name, data_dir, split, error, data_dir_key) from error
 
 
 def _in_memory_with_tensorflow(config: ml_collections.ConfigDict,
@@ -205,8 +217,9 @@ def build(config: ml_collections.ConfigDict, context: framework.DataContext) -> 
                 try:
                     return _in_memory_with_tensorflow(config, context)
                 except Exception as tf_error:
-                    raise _unreadable(config, split, tf_error) from tf_error
-            raise _unreadable(config, split, error) from error
+                    raise _unreadable(config.tfds_name, config.data_dir, split,
+                                      tf_error) from tf_error
+            raise _unreadable(config.tfds_name, config.data_dir, split, error) from error
     return GrainSource(*sources, config, context)
 
 
