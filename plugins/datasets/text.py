@@ -47,8 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
         eval_files=("", "Glob(s) of the eval files (corpus=files); empty: a fraction "
                         "`eval_fraction` of the corpus's files, chosen by a hash of each path."),
         eval_fraction=(0.05, "Without eval_files: the share of files that are eval files."),
-        max_files=(0, "Read only the first this many files (in path order) of each glob set; "
-                      "0: all. For tests and quick runs."),
+        max_files=(0, "Read only the first this many files, in path order (of `files` and of "
+                      "`eval_files` each); 0: all. For tests and quick runs."),
         max_bytes=(0, "Stop adding files once they hold this many bytes; 0: no limit."),
         tokenizer=("bytes", "bytes: ids are UTF-8 bytes (vocabulary 256) | the path of a "
                             "SentencePiece .model file."),
