@@ -290,3 +290,10 @@ def test_the_plugin_passes_the_dataset_conformance_checks(tmp_path):
     assert {r.check for r in results if r.status == "pass"} >= {
         "dataset_builds", "dataset_train_batches", "dataset_eval_batches",
         "dataset_deterministic", "dataset_shards", "dataset_restorable"}
+
+
+def test_register_dataset_accepts_a_tokenizer():
+    with registry.isolated():
+        framework.register_dataset("tokens", tokenizer=text.tokenizer)(text.build)
+        plugin = registry.load("datasets", "local:tokens")
+    assert plugin.tokenizer(config("unused")).vocab_size == 256
