@@ -120,8 +120,9 @@ def tokenizer(config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
 
 
 def _hash_fraction(name: str) -> float:
-    """A stable number in [0, 1) for a name: the same split on every machine and run."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / 16 ** 12
+    """A stable number in [0, 1) for a path: the same split on every machine and run."""
+    portable = name.replace(os.sep, "/").encode()
+    return int(hashlib.sha256(portable).hexdigest()[:12], 16) / 16 ** 12
 
 
 def _capped(paths: list[str], config: ml_collections.ConfigDict) -> list[str]:
