@@ -6,6 +6,7 @@ names it); after it, `registry.load("datasets", "text")` finds the installed ent
 
 import json
 import os
+import shutil
 import textwrap
 
 import numpy as np
@@ -100,6 +101,19 @@ def test_stdlib_splits_by_file_with_no_overlap_the_same_everywhere(cache):
     held_out = corpus_bytes(section, "eval")
     for row in rows_of_split(source(cache, **STDLIB))[:20]:
         assert bytes(row) in held_out
+
+
+def test_a_files_corpus_splits_the_same_wherever_it_lives(tmp_path, numbered):
+    def split(folder):
+        documents = text.corpus(config(tmp_path, corpus="files", files=f"{folder}/*.txt",
+                                       eval_fraction=0.2))
+        return {k: [os.path.basename(n) for n in v] for k, v in documents.splits.items()}
+
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(numbered, moved)
+    assert split(numbered) == split(moved)
+    assert split(numbered)["eval"] and not set(split(numbered)["eval"]) & set(
+        split(numbered)["train"])
 
 
 def test_the_order_is_the_seeds_and_each_epoch_covers_the_train_split_once(tmp_path, numbered):
@@ -241,9 +255,10 @@ def test_a_sentencepiece_model_tokenizes_the_corpus(tmp_path, numbered):
     assert isinstance(tokenizer, tokenizers.SentencePieceTokenizer)
     assert data.metadata.num_classes == tokenizer.vocab_size == 60
     assert tokenizer.decode(tokenizer.encode("the lazy dog")) == "the lazy dog"
-    batch = next(data.train_iterator())
-    assert batch["inputs"].max() < 60
-    assert "line" in tokenizer.decode(batch["inputs"][0])
+    assert next(data.train_iterator())["inputs"].max() < 60
+    stored = data.read["train"](np.arange(data.metadata.num_train))
+    assert "file 2 line 4" in tokenizer.decode(np.concatenate(
+        [[*inputs, label[-1]] for inputs, label in zip(stored["inputs"], stored["label"])]))
     bytes_source = source(tmp_path / "cache", **{**fields, "tokenizer": "bytes"})
     assert bytes_source.folder != data.folder
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -79,6 +80,24 @@ def _matches(spec: str) -> list[str]:
     """The files the comma-separated globs match, sorted, each once."""
     paths = {path for pattern in _globs(spec) for path in glob.glob(pattern, recursive=True)}
     return sorted(path for path in paths if os.path.isfile(path))
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob starts from: its leading path parts without wildcards."""
+    parts = pattern.replace(os.sep, "/").split("/")[:-1]
+    fixed = itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts)
+    return "/".join(fixed) or "."
+
+
+def _split_keys(paths: list[str], spec: str) -> dict[str, str]:
+    """Each path relative to the folder its glob starts from: what decides its split, so that
+    the split does not depend on where the corpus folder is."""
+    roots = [_glob_root(pattern) for pattern in _globs(spec)]
+    keys = {}
+    for path in paths:
+        root = next((r for r in roots if not os.path.relpath(path, r).startswith("..")), ".")
+        keys[path] = os.path.relpath(path, root)
+    return keys
 
 
 def _check_globs(config: ml_collections.ConfigDict, section: str = "") -> None:
@@ -170,8 +189,12 @@ class FileCorpus:
                 yield file.read()
 
 
-def _split_by_hash(names: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    evaluation = [name for name in names if _hash_fraction(name) < fraction]
+def _split_by_hash(names: list[str], fraction: float, keys: dict[str, str] | None = None
+                   ) -> tuple[list[str], list[str]]:
+    """(train, eval): a name is eval when the hash of its key (the name itself, by default) is
+    below `fraction`."""
+    keys = keys or {name: name for name in names}
+    evaluation = [name for name in names if _hash_fraction(keys[name]) < fraction]
     chosen = set(evaluation)
     return [name for name in names if name not in chosen], evaluation
 
@@ -186,7 +209,8 @@ def file_corpus(config: ml_collections.ConfigDict) -> FileCorpus:
     _check_globs(config, "dataset.")
     names = _capped(_matches(config.files), config)
     if not config.eval_files:
-        return FileCorpus("", *_split_by_hash(names, config.eval_fraction))
+        keys = _split_keys(names, config.files)
+        return FileCorpus("", *_split_by_hash(names, config.eval_fraction, keys))
     evaluation = _capped(_matches(config.eval_files), config)
     chosen = set(evaluation)
     return FileCorpus("", [name for name in names if name not in chosen], evaluation)
