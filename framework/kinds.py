@@ -49,7 +49,7 @@ MODELS = Kind(
          "a Flax NNX module constructed with `rngs`, `__call__(x, *, train)`"),
     ))
 DATASETS = Kind(
-    "datasets", "dataset", "dataset", mapping=False, builds=(
+    "datasets", "dataset", "dataset", mapping=False, decorator_fields=("tokenizer",), builds=(
         ("(config, context: DataContext)", "a `framework.DataSource`"),
     ))
 LOSSES = Kind(

@@ -23,6 +23,11 @@ write for the model this plugin builds from `config` (its resolved section) and 
 in the foreign layout; the conformance check `model_convert_weights` converts it, and every
 converted name must be one of the model's parameter or collection arrays, of the same shape.
 
+A dataset plugin whose examples are tokens may define `tokenizer(config) -> Tokenizer`
+(`config`: its resolved `dataset` section; a Tokenizer has `vocab_size`, `encode(text) ->
+list[int]` and `decode(ids) -> str`, as in `framework.tokenizers`), so that text can be turned
+into the model's ids and back without building the dataset (`jaxforge generate`).
+
 `dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
 takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
 `nnx.Rngs` from the run's seed (streams `params`, `dropout`, and a default one), so the run's seed
@@ -55,6 +60,8 @@ class Plugin:
     # (`params/Dense_0/kernel` -> array), for `config.init_from.convert`; with an example input.
     convert_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     convert_weights_example: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Datasets only: `tokenizer(config) -> framework.tokenizers.Tokenizer` for token data.
+    tokenizer: Callable[[ml_collections.ConfigDict], Any] | None = None
     description: str = ""
 
 
