@@ -22,12 +22,15 @@ from framework.testing import (
     tiny_config,
 )
 
-SMALL_RESNET = tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4})
-# big_vision's smallest ViT, `mu`, on images its patches divide.
-MU_VIT = tiny_config(model={"name": "vit", "patch_size": 4, "width": 32, "depth": 1,
-                            "mlp_dim": 128, "num_heads": 2}, dataset={"shape": (8, 8, 3)})
-EXPERIMENTS = {"resnet": SMALL_RESNET, "vit": MU_VIT}
-BUILTINS = [(info.kind, info.id, EXPERIMENTS.get(info.name))
+SMALL = {"resnet": tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4}),
+         # A few files of the standard library, prepared under the test's XDG_CACHE_HOME.
+         "text": tiny_config(dataset={"name": "text", "max_bytes": 100_000, "seq_len": 16,
+                                      "eval_fraction": 0.3}),
+         # big_vision's smallest ViT, `mu`, on images its patches divide.
+         "vit": tiny_config(model={"name": "vit", "patch_size": 4, "width": 32, "depth": 1,
+                                   "mlp_dim": 128, "num_heads": 2},
+                            dataset={"shape": (8, 8, 3)})}
+BUILTINS = [(info.kind, info.id, SMALL.get(info.name))
             for info in registry.infos() if info.distribution == "jaxforge"]
 
 
@@ -40,7 +43,8 @@ def test_every_builtin_entry_point_is_checked():
 
 @pytest.mark.slow
 @parametrize_with_checks(BUILTINS)
-def test_builtin_plugins_conform(check):
+def test_builtin_plugins_conform(check, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # Prepared data stays out of ~/.cache.
     with tfds.testing.mock_data(num_examples=64):  # The tfds plugin reads MNIST: mock it offline.
         check()
 
