@@ -6,7 +6,9 @@ causal self-attention (rotary position embeddings on queries and keys,
 RMSNorm, and logits from the embedding matrix (`tied_embedding`) or from a separate output
 matrix. No biases.
 
-Every parameter carries MaxText's logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`,
+It is trained with the `cross_entropy` loss (`loss.name`, the default): next-token
+cross-entropy per token, the dataset having shifted the labels. Every parameter carries
+MaxText's logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`,
 `norm`, and `layers` for the stacked weights of `scan_layers`); the plugin's
 `logical_axis_rules` map them onto the mesh when `config.mesh.logical_axis_rules` is empty:
 Megatron-style tensor parallelism over `model` (attention heads, the MLP's hidden units and the
@@ -26,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 import framework
 
@@ -197,18 +198,6 @@ class TransformerLM(nn.Module):
         return stacked
 
 
-def next_token_loss(logits: jax.Array, batch: dict[str, jax.Array]
-                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per example: the mean next-token cross-entropy over its positions, and the accuracy.
-
-    The dataset shifts (label = the next token of each input position), so nothing shifts here.
-    """
-    logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
-    return loss.mean(axis=-1), {"accuracy": correct.mean(axis=-1)}
-
-
 def default_config() -> ml_collections.ConfigDict:
     return framework.fields(
         width=(256, "The embedding dimension (the residual stream's width)."),
@@ -266,5 +255,5 @@ def build(config: ml_collections.ConfigDict, metadata: framework.DatasetMetadata
 
 
 plugin = framework.Plugin(build=build, default_config=default_config, validate=validate,
-                          loss=next_token_loss, logical_axis_rules=LOGICAL_AXIS_RULES,
+                          logical_axis_rules=LOGICAL_AXIS_RULES,
                           api_version=1, description=__doc__.splitlines()[0])
