@@ -93,3 +93,30 @@ def test_a_trained_run_generates_from_the_cli_and_from_python(tmp_path, capsys):
     with pytest.raises(framework.JaxforgeError, match="this model takes at most 64 \\(its "
                                                       "max_len\\)"):
         generate_lib.generate_text(loaded, "def ", 61)
+
+
+class Letters:
+    """A tokenizer of the letters a-z: ids 0..25."""
+
+    vocab_size = 26
+
+    def encode(self, text):
+        return [ord(c) - ord("a") for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_the_tokenizer_is_the_datasets_and_must_match_the_vocabulary(tiny):
+    plugin = framework.Plugin(build=lambda config, context: None, tokenizer=lambda c: Letters(),
+                              api_version=framework.PLUGIN_API_VERSION)
+    with framework.registry.registered("datasets", "letters", plugin):
+        config = tiny(dataset={"name": "letters"})
+        assert isinstance(generate_lib.tokenizer_for(config, 26), Letters)
+        with pytest.raises(framework.JaxforgeError, match="tokenizer has 26 ids but the model "
+                                                          "256"):
+            generate_lib.tokenizer_for(config, 256)
+    assert generate_lib.tokenizer_for(tiny(), 256).encode("é") == [0xC3, 0xA9]  # Bytes.
+    with pytest.raises(framework.JaxforgeError, match="gives no tokenizer, and the model's "
+                                                      "vocabulary \\(4\\) is not bytes"):
+        generate_lib.tokenizer_for(tiny(), 4)
