@@ -29,7 +29,13 @@ SMALL = {"resnet": tiny_config(model={"name": "resnet", "stage_sizes": (1,), "wi
          # big_vision's smallest ViT, `mu`, on images its patches divide.
          "vit": tiny_config(model={"name": "vit", "patch_size": 4, "width": 32, "depth": 1,
                                    "mlp_dim": 128, "num_heads": 2},
-                            dataset={"shape": (8, 8, 3)})}
+                            dataset={"shape": (8, 8, 3)}),
+         # A small language model on the text above.
+         "transformer_lm": tiny_config(
+             model={"name": "transformer_lm", "width": 32, "depth": 2, "num_heads": 2,
+                    "head_dim": 16, "mlp_dim": 64, "max_len": 16},
+             dataset={"name": "text", "max_bytes": 100_000, "seq_len": 16,
+                      "eval_fraction": 0.3})}
 BUILTINS = [(info.kind, info.id, SMALL.get(info.name))
             for info in registry.infos() if info.distribution == "jaxforge"]
 
