@@ -44,7 +44,8 @@ def test_every_builtin_entry_point_is_checked():
     assert {plugin_id for _, plugin_id, _ in BUILTINS} >= {
         "jaxforge:cnn", "jaxforge:cnn_nnx", "jaxforge:mlp", "jaxforge:resnet",
         "jaxforge:digits", "jaxforge:synthetic", "jaxforge:tfds", "jaxforge:l1", "jaxforge:l2",
-        "jaxforge:sgd", "jaxforge:adam", "jaxforge:adamw"}
+        "jaxforge:sgd", "jaxforge:adam", "jaxforge:adamw", "jaxforge:vit",
+        "jaxforge:transformer_lm", "jaxforge:text", "jaxforge:cross_entropy", "jaxforge:mse"}
 
 
 @pytest.mark.slow

@@ -19,8 +19,7 @@ from framework.cli import main
 from framework.testing import check_plugin, tiny_config
 from plugins.models import transformer_lm
 
-# Before the merge the plugin is registered in-process; afterwards `transformer_lm` is installed.
-LM = "lm_under_test"
+LM = "transformer_lm"  # The installed plugin.
 BYTES = "bytes_under_test"
 TEXT = b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\n" * 24
 TINY = {"name": LM, "width": 32, "depth": 2, "num_heads": 2, "head_dim": 16, "mlp_dim": 64,
@@ -48,8 +47,7 @@ BYTES_PLUGIN = framework.Plugin(build=build_bytes, api_version=framework.PLUGIN_
 
 @pytest.fixture
 def lm_plugins():
-    with (framework.registry.registered("models", LM, transformer_lm.plugin),
-          framework.registry.registered("datasets", BYTES, BYTES_PLUGIN)):
+    with framework.registry.registered("datasets", BYTES, BYTES_PLUGIN):
         yield
 
 

@@ -15,16 +15,9 @@ from framework import loop
 from framework.testing import check_plugin, tiny_config
 from plugins.models import vit
 
-# Before the merge the plugin is registered in-process; afterwards `vit` is installed.
-VIT = "vit_under_test"
+VIT = "vit"  # The installed plugin.
 MU = {"name": VIT, "patch_size": 4, "width": 32, "depth": 1, "mlp_dim": 128, "num_heads": 2}
 IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-
-
-@pytest.fixture
-def vit_plugin():
-    with framework.registry.registered("models", VIT, vit.plugin):
-        yield
 
 
 def module(**fields):
@@ -96,7 +89,7 @@ def test_the_plugin_passes_the_conformance_checks():
 
 @pytest.mark.slow
 def test_tensor_parallel_training_splits_heads_and_mlp_over_model_and_matches_one_device(
-        tmp_path, vit_plugin):
+        tmp_path):
     train = {"num_steps": 6, "log_every_steps": 2, "eval_every_steps": 0}
     for name, mesh in {"one": {"data": 1}, "tp": {"data": 2, "fsdp": 2, "model": 2}}.items():
         framework.train(framework.resolve_config(vit_config(
@@ -115,7 +108,7 @@ def test_tensor_parallel_training_splits_heads_and_mlp_over_model_and_matches_on
                                                           rel=1e-4)
 
 
-def test_a_patch_size_that_does_not_divide_the_images_is_a_config_error(vit_plugin):
+def test_a_patch_size_that_does_not_divide_the_images_is_a_config_error():
     with pytest.raises(framework.ConfigError, match="patch_size=3 must divide the images' "
                                                     "height and width.*\\(8, 8, 3\\)"):
         loop.set_up(framework.resolve_config(vit_config(model={"patch_size": 3})))
