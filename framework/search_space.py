@@ -175,6 +175,6 @@ def _check_field_type(param: Param, config: ml_collections.ConfigDict) -> None:
     field = parent.get_type(name)
     wanted = {"uniform": (float,), "loguniform": (float,), "int": (int, float)}.get(param.kind)
     if wanted and (field not in wanted or field is bool):
-        hint = " use int:LOW:HIGH" if field is int else " use choice:A,B,..."
+        hint = "write int:LOW:HIGH" if field is int else "list its values with choice:A,B"
         raise ConfigError(f"--search.{param.key}={param.spec}: config.{param.key} holds a "
-                          f"{field.__name__}, not a {param.kind} range;{hint}.")
+                          f"{field.__name__}, which the range {param.spec} cannot set; {hint}.")

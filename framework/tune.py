@@ -20,6 +20,7 @@ from the interrupted trial's last checkpoint (its workdir is renamed to the retr
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ PRUNED = "pruned by Optuna"  # How a pruned trial's summary.json `stop_reason` b
 INSTALL = 'pip install -e ".[tune]"'
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "asha", "none")
+POLL_S = 1.0  # How often a worker with no trial to start looks at the study again.
 MAX_RETRIES = 3  # Retries of one interrupted trial before it stays failed.
 
 
@@ -132,21 +134,34 @@ def _grid_size(params: Sequence[search_space.Param]) -> int:
     return size
 
 
-def open_storage(url: str, heartbeat: int) -> Any:
+def open_storage(url: str, heartbeat: int, attempts: int = 3) -> Any:
     """An Optuna database storage whose trials send heartbeats, and whose interrupted trials
-    (no heartbeat for 4 intervals) are retried with the same parameters."""
+    (no heartbeat for 4 intervals) are retried with the same parameters. Workers that start
+    together race to create the tables: the loser tries again."""
     optuna = import_optuna()
+    from sqlalchemy.exc import DBAPIError
+
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
         max_retry=MAX_RETRIES, inherit_intermediate_values=True)
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
-            heartbeat_stale_trial_callback=retry)
-    except Exception as error:  # SQLAlchemy's: a bad URL, a server that does not answer.
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise JaxforgeError(f"--storage: cannot open the Optuna storage ({first}). Give a "
-                            "database URL: sqlite:///PATH, postgresql://USER@HOST:PORT/DB, "
-                            "mysql://...") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
+                heartbeat_stale_trial_callback=retry)
+        except DBAPIError:
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+                continue
+            error = _first_line(sys.exc_info()[1])
+        except Exception as other:  # SQLAlchemy's or Optuna's: a URL it does not take.
+            error = _first_line(other)
+        raise JaxforgeError(f"--storage: cannot open the Optuna storage {_shown(url)} ({error})."
+                            " Give a database URL: sqlite:///PATH, "
+                            "postgresql://USER@HOST:PORT/DB, mysql://...")
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def make_sampler(name: str, params: Sequence[search_space.Param], seed: int | None) -> Any:
@@ -318,11 +333,18 @@ def work(study: Any, plan: Plan, echo: Callable[[str], None] = print) -> None:
                      "ones (an interrupted one is retried once its heartbeat is "
                      f"{4 * plan.options.heartbeat}s old).")
             waited = True
-            time.sleep(plan.options.heartbeat)
+            time.sleep(POLL_S)
             continue
-        seed = None if plan.options.seed is None else plan.options.seed + len(trials)
-        study.sampler = make_sampler(plan.options.sampler, plan.params, seed)
+        study.sampler = make_sampler(plan.options.sampler, plan.params,
+                                     _sampler_seed(plan.options, len(trials)))
         _run_one(study, objective)
+
+
+def _sampler_seed(options: Options, trials: int) -> int:
+    """Seeds differ per trial, so that workers asking at once rarely sample the same values,
+    and one worker's study repeats; the grid sampler's seed orders its grid, and so is the
+    same for every trial and worker (its trial n takes the n-th point)."""
+    return options.seed if options.sampler == "grid" else options.seed + trials
 
 
 def _run_one(study: Any, objective: Objective) -> None:
