@@ -37,8 +37,6 @@ from framework.plugin import Callback
 
 PRUNED = "pruned by Optuna"  # How a pruned trial's summary.json `stop_reason` begins.
 INSTALL = 'pip install -e ".[tune]"'
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "asha", "none")
 POLL_S = 1.0  # How often a worker with no trial to start looks at the study again.
 MAX_RETRIES = 3  # Retries of one interrupted trial before it stays failed.
 

@@ -210,6 +210,23 @@ def test_the_pruner_stops_a_bad_trial_at_an_evaluation(experiment, tmp_path):
     assert (pruned / "checkpoints" / "8").is_dir()
 
 
+def test_a_trial_asked_past_the_budget_is_closed_unrun(experiment, tmp_path):
+    """Two workers asking for the last trial at once: the later trial does not run."""
+    from framework import tune, tune_report
+
+    plan = tune.plan(experiment, tmp_path / "search", {"optimizer.learning_rate":
+                                                       "loguniform:1e-4:1e-2"}, [],
+                     tune.Options(trials=1))
+    study = optuna.create_study()
+    study.ask()  # The first worker's trial, running.
+    second = study.ask()
+    with pytest.raises(tune.SurplusTrial, match="1 trials already take the budget of 1"):
+        tune.Objective(plan, study)(second)
+    study.tell(second, state=optuna.trial.TrialState.FAIL)
+    assert not second.params and not (tmp_path / "search").exists()
+    assert [row["trial"] for row in tune_report.trial_rows(study, "eval/accuracy")] == [0]
+
+
 # Workers as processes ----------------------------------------------------------------------
 
 
