@@ -48,7 +48,7 @@ def import_optuna() -> Any:
     except ImportError:
         raise JaxforgeError(f"jaxforge tune needs Optuna, an optional dependency: {INSTALL} "
                             "(or pip install optuna).") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # Failed trials: raised, or reported.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 

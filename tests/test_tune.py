@@ -179,7 +179,7 @@ def test_a_study_trains_runs_and_writes_its_results(experiment, tmp_path, capsys
     assert best_config.to_dict() == config_lib.from_json_file(
         workdir / best["workdir"] / "config.json").to_dict()
     retrained = loop.train(best_config, tmp_path / "retrained")
-    assert retrained["final"]["eval/accuracy"] == pytest.approx(float(best["eval/accuracy"]))
+    assert retrained["best"]["eval/accuracy"] == pytest.approx(float(best["eval/accuracy"]))
 
     for name in ("optimization_history.png", "param_importances.png"):
         png = workdir / name
