@@ -331,14 +331,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def postgres_binary(name: str) -> str | None:
+    """On PATH, or where Debian's postgresql package puts it (the newest version)."""
+    installed = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                       key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0)
+    return shutil.which(name) or (str(installed[-1]) if installed else None)
+
+
 @pytest.fixture
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (as the `postgres` user when run as root,
     which initdb refuses); its URL."""
-    binaries = [shutil.which(b) for b in ("initdb", "pg_ctl", "postgres")]
+    binaries = [postgres_binary(b) for b in ("initdb", "pg_ctl", "postgres")]
     if not all(binaries):
-        pytest.skip("PostgreSQL's initdb, pg_ctl and postgres are not on PATH "
-                    "(apt-get install postgresql)")
+        pytest.skip("PostgreSQL's initdb, pg_ctl and postgres are neither on PATH nor in "
+                    "/usr/lib/postgresql/*/bin (apt-get install postgresql)")
     as_root = os.geteuid() == 0
     folder = Path(tempfile.mkdtemp(prefix="jaxforge-pg-"))  # Reachable by another user.
     run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
