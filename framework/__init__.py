@@ -25,6 +25,7 @@ _LAZY = {
     "Callback": "framework.plugin",
     "HostCopy": "framework.state",
     "LoggedState": "framework.step",
+    "WeightedLoss": "framework.loss",
     **{kind.decorator: "framework.plugin" for kind in kinds.KINDS},  # register_model, ...
     "ArraySource": "framework.data",
     "DataSource": "framework.data",

@@ -91,6 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
             batch_size=(64, "The global batch, over all processes and devices."),
             eval_batch_size=(placeholder(int), "The global evaluation batch; None: batch_size."),
         ), "The dataset: `name`, the batch sizes and that plugin's fields."),
+        loss=(fields(
+            name=("cross_entropy", "The loss plugin (used unless the model plugin has its own "
+                                   "`loss`): a name, or a distribution:name id."),
+        ), "The objective: `name` and that plugin's fields; cross_entropy for classes and "
+           "tokens, mse for float targets."),
         optimizer=(fields(
             name=("adam", "The optimizer plugin: a name, or a distribution:name id."),
         ), "The optimizer: `name` and that plugin's fields (learning rate and its schedule)."),

@@ -47,8 +47,11 @@ def batch_problem(batch: Any, metadata: DatasetMetadata, size: int | None = None
 
     The rules: a dict of numpy arrays with `inputs` and `label`, all of one leading dimension
     (`size`, this process's batch size, when given), `inputs` of the metadata's input_shape and
-    input_dtype, integer labels in [0, num_classes). The training loop (`check_batch`) and the
-    conformance checks (`framework.testing`) apply the same rules.
+    input_dtype; `label` of its target_shape and of target_dtype's kind (integer or float)
+    where the metadata declares them (`declares_targets`); integer targets in
+    [0, num_classes) when num_classes > 0; an optional float `label_mask` of the label's shape
+    (targets it marks 0 are padding: their values are not checked). The training loop
+    (`check_batch`) and the conformance checks (`framework.testing`) apply the same rules.
     """
     if not isinstance(batch, dict):
         return f"A {what} is a {type(batch).__name__}, not a dict."
@@ -62,15 +65,43 @@ def batch_problem(batch: Any, metadata: DatasetMetadata, size: int | None = None
         if value.shape[:1] != (size,):
             return (f"{what}[{key!r}] has shape {value.shape}; its leading dimension must be "
                     f"this process's batch size {size}.")
-    inputs, label = batch["inputs"], batch["label"]
+    inputs = batch["inputs"]
     if inputs.shape[1:] != tuple(metadata.input_shape):
         return (f"{what}['inputs'] has examples of shape {inputs.shape[1:]}, but the metadata "
                 f"promises input_shape={tuple(metadata.input_shape)}.")
     if inputs.dtype != np.dtype(metadata.input_dtype):
         return (f"{what}['inputs'] is {inputs.dtype}, but the metadata promises "
                 f"input_dtype={metadata.input_dtype!r}.")
-    if np.issubdtype(label.dtype, np.integer) and metadata.num_classes > 0:
+    return _target_problem(batch, metadata, what)
+
+
+def declares_targets(metadata: DatasetMetadata) -> bool:
+    """Whether the metadata describes its targets (target_shape or target_dtype set). Metadata
+    with the defaults (one integer class per example) is also what datasets written before
+    these fields give, whose labels a model's own loss may read however it likes: their shape
+    and dtype are not checked, as before."""
+    return tuple(metadata.target_shape) != () or metadata.target_dtype != "int32"
+
+
+def _target_problem(batch: Batch, metadata: DatasetMetadata, what: str) -> str | None:
+    """`batch_problem`'s rules for `label` and `label_mask`."""
+    label, mask = batch["label"], batch.get("label_mask")
+    integer = np.issubdtype(np.dtype(metadata.target_dtype), np.integer)
+    if declares_targets(metadata):
+        if label.shape[1:] != tuple(metadata.target_shape):
+            return (f"{what}['label'] has examples of shape {label.shape[1:]}, but the metadata "
+                    f"promises target_shape={tuple(metadata.target_shape)}.")
+        if not np.issubdtype(label.dtype, np.integer if integer else np.floating):
+            return (f"{what}['label'] is {label.dtype}, but the metadata promises "
+                    f"target_dtype={metadata.target_dtype!r}.")
+    if mask is not None and (mask.shape != label.shape
+                             or not np.issubdtype(mask.dtype, np.floating)):
+        return (f"{what}['label_mask'] is {mask.dtype}{list(mask.shape)}; it must be float "
+                f"(1 counts, 0 is padding) of the label's shape {list(label.shape)}.")
+    if integer and metadata.num_classes > 0:
         outside = (label < 0) | (label >= metadata.num_classes)
+        if mask is not None:
+            outside &= mask > 0
         if np.any(outside):
             return (f"{what}['label'] has values outside [0, num_classes="
                     f"{metadata.num_classes}): {np.unique(label[outside])[:5]}.")

@@ -49,8 +49,15 @@ MODELS = Kind(
          "a Flax NNX module constructed with `rngs`, `__call__(x, *, train)`"),
     ))
 DATASETS = Kind(
-    "datasets", "dataset", "dataset", mapping=False, builds=(
+    "datasets", "dataset", "dataset", mapping=False, decorator_fields=("tokenizer",), builds=(
         ("(config, context: DataContext)", "a `framework.DataSource`"),
+    ))
+LOSSES = Kind(
+    "losses", "loss", "loss", mapping=False, builds=(
+        ("(config, metadata: DatasetMetadata)",
+         "`loss(outputs, batch)` -> `(per_example_loss, {name: per_example_metric})` or a "
+         "`framework.WeightedLoss` (per-target sums and counts); used unless the model plugin "
+         "has its own `loss`"),
     ))
 REGULARIZERS = Kind(
     "regularizers", "regularizer", "regularizers", mapping=True, builds=(
@@ -72,7 +79,8 @@ CALLBACKS = Kind(
         ("(config)", "a `framework.Callback`"),
     ))
 
-KINDS: tuple[Kind, ...] = (MODELS, DATASETS, REGULARIZERS, OPTIMIZERS, AUGMENTATIONS, CALLBACKS)
+KINDS: tuple[Kind, ...] = (MODELS, DATASETS, LOSSES, REGULARIZERS, OPTIMIZERS, AUGMENTATIONS,
+                          CALLBACKS)
 """Every kind, in the order listings show them."""
 
 NAMES: tuple[str, ...] = tuple(kind.name for kind in KINDS)

@@ -36,6 +36,7 @@ from framework import sharding as sharding_lib
 from framework.checkpoint import Checkpointer, abstract_like, saved_steps
 from framework.data import CheckedIterator, DataSource, check_batch
 from framework.errors import ConfigError, JaxforgeError
+from framework.loss import build_loss, derived_metrics
 from framework.metrics import (
     MetricsLog,
     eval_record,
@@ -101,8 +102,9 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
                               "dataset.eval_batch_size")
     num_steps = config_lib.num_steps(config, metadata.num_train)
 
-    model = build_model(registry.load(kinds.MODELS, config.model.name), config.model, metadata,
-                        jnp.dtype(config.train.precision), config.model.name)
+    model_plugin = registry.load(kinds.MODELS, config.model.name)
+    model = build_model(model_plugin, config.model, metadata, jnp.dtype(config.train.precision),
+                        config.model.name, build_loss(model_plugin, config, metadata))
 
     optimizer = registry.load(kinds.OPTIMIZERS, config.optimizer.name).build(config.optimizer,
                                                                           num_steps)
@@ -188,7 +190,8 @@ def _evaluate(setup: Setup, eval_step: Any, state: TrainState) -> dict[str, floa
         previous["count"].block_until_ready()  # At most two dispatches in flight (see train).
     if accumulator is None:
         raise JaxforgeError(f"Dataset {setup.config.dataset.name!r} has no eval examples.")
-    return accumulated_means(jax.device_get(accumulator), "eval")
+    return accumulated_means(jax.device_get(accumulator), "eval",
+                             derived=derived_metrics(setup.model.loss))
 
 
 def _jit_train_step(setup: Setup) -> Any:
@@ -587,7 +590,8 @@ def _at_boundaries(loop: _Loop, run: _Run, stop_signal: StopSignal) -> bool:
 def _log(loop: _Loop, run: _Run) -> dict[str, float]:
     """Fetch the train metric sums as means (the loop's one host sync between boundaries)
     and restart them from zero."""
-    record = accumulated_means(jax.device_get(run.accumulator), "train", run.described)
+    record = accumulated_means(jax.device_get(run.accumulator), "train", run.described,
+                               derived_metrics(loop.setup.model.loss))
     record["steps_per_sec"] = run.timer.steps_per_sec(run.step)
     run.accumulator = run.zeros
     for callback in loop.setup.callbacks:

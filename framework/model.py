@@ -30,7 +30,8 @@ from flax import nnx
 from framework.registry import PluginError
 
 Variables = dict[str, Any]
-LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+# (outputs, batch) -> (per_example_loss, metrics) or a framework.WeightedLoss (framework.loss).
+LossFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, ...]]
 
 NNX_STATE = "state"
 """The collection holding an NNX module's variables other than parameters and RNG streams
@@ -204,10 +205,11 @@ def builds_nnx(plugin: Any) -> bool:
         return False
 
 
-def build_model(plugin: Any, config: Any, metadata: Any, dtype: Any, name: str = "model"
-                ) -> Model:
-    """The `Model` of a model plugin, for a dataset's metadata and a compute dtype."""
-    loss = getattr(plugin, "loss", None)
+def build_model(plugin: Any, config: Any, metadata: Any, dtype: Any, name: str = "model",
+                loss: LossFn | None = None) -> Model:
+    """The `Model` of a model plugin, for a dataset's metadata and a compute dtype. Its loss is
+    the plugin's own `loss`, else `loss` (the config's loss plugin), else classification."""
+    loss = getattr(plugin, "loss", None) or loss
     if builds_nnx(plugin):
         return NNXModel(lambda rngs: plugin.build(config, metadata, dtype, rngs=rngs), loss, name)
     module = plugin.build(config, metadata, dtype)

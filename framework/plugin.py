@@ -8,8 +8,8 @@ print(kinds.build_table())"`).
 
 Any plugin may define `validate(config)`, raising `framework.ConfigError` for a bad value; it
 runs when the config is resolved, before anything is built. A model plugin may also define
-`loss(outputs, batch) -> (per_example_loss, {name: per_example})`; without it, classification
-cross-entropy and accuracy are used.
+`loss(outputs, batch)`, returning what a `losses` plugin's loss returns (see `framework.loss`);
+without it, the loss plugin `config.loss.name` names is used (default `cross_entropy`).
 
 A model plugin may define `convert_weights(tensors) -> tensors`: from a dict of numpy arrays
 named and laid out as another framework writes them (a torchvision checkpoint saved as
@@ -22,6 +22,11 @@ gives `convert_weights_example(config, metadata) -> tensors`: what the other fra
 write for the model this plugin builds from `config` (its resolved section) and `metadata`,
 in the foreign layout; the conformance check `model_convert_weights` converts it, and every
 converted name must be one of the model's parameter or collection arrays, of the same shape.
+
+A dataset plugin whose examples are tokens may define `tokenizer(config) -> Tokenizer`
+(`config`: its resolved `dataset` section; a Tokenizer has `vocab_size`, `encode(text) ->
+list[int]` and `decode(ids) -> str`, as in `framework.tokenizers`), so that text can be turned
+into the model's ids and back without building the dataset (`jaxforge generate`).
 
 `dtype` is the compute dtype (`train.precision`); parameters stay float32. A model `build` that
 takes `rngs` builds an NNX module: the trainer calls it inside its jitted initialisation with
@@ -55,6 +60,8 @@ class Plugin:
     # (`params/Dense_0/kernel` -> array), for `config.init_from.convert`; with an example input.
     convert_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     convert_weights_example: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Datasets only: `tokenizer(config) -> framework.tokenizers.Tokenizer` for token data.
+    tokenizer: Callable[[ml_collections.ConfigDict], Any] | None = None
     description: str = ""
 
 
@@ -62,11 +69,15 @@ class Plugin:
 class DatasetMetadata:
     """What a dataset promises about its examples; models are built from it."""
 
-    input_shape: tuple[int, ...]  # One example, e.g. (28, 28, 1).
+    input_shape: tuple[int, ...]  # One example, e.g. (28, 28, 1); (T,) for T tokens.
+    # The classes of integer targets, or for token data the vocabulary size (inputs and
+    # targets both index it); 0 for float (regression) targets.
     num_classes: int
     num_train: int
     num_eval: int
     input_dtype: str = "float32"
+    target_shape: tuple[int, ...] = ()  # One example's `label`: () a class, (T,) T tokens.
+    target_dtype: str = "int32"  # An integer dtype for classes and tokens, a float for values.
 
 
 @dataclasses.dataclass(frozen=True)

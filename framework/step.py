@@ -7,7 +7,8 @@ the loop fetches only at log time. `steps_per_dispatch` steps run in one call as
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +17,7 @@ import optax
 
 from framework import nonfinite
 from framework.errors import JaxforgeError
+from framework.loss import DerivedMetric, batch_means, eval_sums
 from framework.model import Model
 from framework.state import TrainState
 
@@ -123,14 +125,20 @@ def guarded_names(names: list[str], loss_scaling: bool, described: Collection[st
 
 
 def accumulated_means(accumulator: dict[str, Any], prefix: str,
-                      described: Collection[str] = ()) -> dict[str, float]:
+                      described: Collection[str] = (),
+                      derived: Mapping[str, DerivedMetric] = MappingProxyType({})
+                      ) -> dict[str, float]:
     """Host-side means of fetched sums, named `<prefix>/<metric>`; skipped steps as a count.
 
     Metrics average over the steps whose update was applied (NaN when there was none); the
-    `described` ones (from a `LoggedState`) hold the last applied step's value instead."""
+    `described` ones (from a `LoggedState`) hold the last applied step's value instead. The
+    `derived` ones (a loss's `derived_metrics`, such as perplexity) are computed from the
+    means."""
     count = float(accumulator["count"])
-    means = {f"{prefix}/{k}": float(accumulator[k]) / (1.0 if k in described else count)
+    means = {k: float(accumulator[k]) / (1.0 if k in described else count)
              if count else float("nan") for k in metric_names(accumulator)}
+    means.update({name: derive(means) for name, derive in derived.items()})
+    means = {f"{prefix}/{k}": v for k, v in means.items()}
     if float(accumulator.get(SKIPPED, 0.0)):
         means[f"{prefix}/{SKIPPED}"] = float(accumulator[SKIPPED])
     return means
@@ -162,9 +170,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             variables = {"params": params, **model_state}
             outputs, updates = model.apply(variables, batch["inputs"], train=True,
                                            rngs={"dropout": dropout_rng})
-            per_example_loss, per_example_metrics = model.loss(outputs, batch)
-            loss = jnp.mean(per_example_loss)
-            metrics = {"loss": loss, **{k: jnp.mean(v) for k, v in per_example_metrics.items()}}
+            loss, means = batch_means(model.loss(outputs, batch))
+            metrics = {"loss": loss, **means}
             total = loss
             for name, (weight, penalty) in penalties.items():
                 value = weight * penalty(params, batch, outputs)
@@ -299,17 +306,17 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
 def make_eval_step(model: Model) -> Callable[[TrainState, Accumulator, Batch], Accumulator]:
     """`(state, accumulator, batch) -> accumulator`; padded examples (mask 0) count for nothing.
 
+    `count` counts the real examples, or, for a loss of the per-target form
+    (`framework.WeightedLoss`), the real targets, so the means are per target.
+
     With an EMA of the params (train.ema_decay > 0), evaluation uses the EMA params."""
 
     def eval_step(state: TrainState, accumulator: Accumulator, batch: Batch) -> Accumulator:
         params = state.params if state.ema_params is None else state.ema_params
         outputs, _ = model.apply({"params": params, **state.model_state}, batch["inputs"],
                                  train=False)
-        per_example_loss, per_example_metrics = model.loss(outputs, batch)
-        mask = batch["mask"].astype(jnp.float32)
-        per_example = {"loss": per_example_loss, **per_example_metrics}
-        summed = {k: accumulator.get(k, 0.0) + jnp.sum(v.astype(jnp.float32) * mask)
-                  for k, v in per_example.items()}
-        return {**summed, "count": accumulator["count"] + jnp.sum(mask)}
+        sums, count = eval_sums(model.loss(outputs, batch), batch["mask"].astype(jnp.float32))
+        summed = {k: accumulator.get(k, 0.0) + v for k, v in sums.items()}
+        return {**summed, "count": accumulator["count"] + count}
 
     return eval_step

@@ -38,8 +38,17 @@ import numpy as np
 import optax
 
 from framework import config as config_lib
-from framework.data import DataSource, batch_problem
-from framework.kinds import AUGMENTATIONS, CALLBACKS, DATASETS, MODELS, OPTIMIZERS, REGULARIZERS
+from framework.data import DataSource, batch_problem, declares_targets
+from framework.kinds import (
+    AUGMENTATIONS,
+    CALLBACKS,
+    DATASETS,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    REGULARIZERS,
+)
+from framework.loss import build_loss, is_weighted
 from framework.model import Model, build_model
 from framework.plugin import Callback, DataContext, DatasetMetadata
 from framework.registry import (
@@ -243,11 +252,23 @@ class Subject:
         """The experiment's first local train batch."""
         return next(self.build_dataset().train_iterator())
 
+    @property
+    def model_plugin(self) -> Any:
+        return (self.plugin if self.kind_spec is MODELS
+                else registry.load(MODELS, self.config.model.name))
+
+    @functools.cached_property
+    def loss(self) -> Any:
+        """The experiment's loss as the trainer builds it (None: the model plugin's own)."""
+        loss_plugin = self.plugin if self.kind_spec is LOSSES else None
+        with self.registered():
+            return build_loss(self.model_plugin, self.config, self.metadata, loss_plugin)
+
     def build_model(self, dtype: Any = jnp.float32) -> Model:
-        plugin = (self.plugin if self.kind_spec is MODELS
-                  else registry.load(MODELS, self.config.model.name))
-        return build_model(plugin, self.config.model, self.metadata, jnp.dtype(dtype),
-                           self.label if self.kind_spec is MODELS else self.config.model.name)
+        return build_model(self.model_plugin, self.config.model, self.metadata,
+                           jnp.dtype(dtype),
+                           self.label if self.kind_spec is MODELS else self.config.model.name,
+                           self.loss)
 
     @functools.cached_property
     def model(self) -> Model:
@@ -439,11 +460,31 @@ def _default_config(subject: Subject) -> None:
 # Models ---------------------------------------------------------------------------------------
 
 
+def _check_loss_result(result: Any, size: int, what: str) -> None:
+    """A loss's result has one of the two forms (framework.loss), of per-example arrays."""
+    _require(isinstance(result, tuple) and len(result) in (2, 3),
+             f"{what} returned {_describe(result)}; a loss returns (per_example_loss, "
+             "{name: per_example_metric}) or a framework.WeightedLoss(loss, metrics, weight).")
+    loss, metrics, *weight = result
+    sums = " (each example's sum over its counted targets)" if weight else ""
+    _require(jnp.shape(loss) == (size,), f"{what} returned a loss of shape {jnp.shape(loss)}; "
+             f"it must be per example{sums}: ({size},).")
+    _require(isinstance(metrics, dict), f"{what} returned metrics {_describe(metrics)}; they "
+             "are a dict of name -> per-example array.")
+    for name, value in metrics.items():
+        _require(jnp.shape(value) == (size,), f"{what} returned metric {name!r} of shape "
+                 f"{jnp.shape(value)}; metrics are per example{sums}: ({size},).")
+    if weight:
+        _require(jnp.shape(weight[0]) == (size,), f"{what} returned a weight of shape "
+                 f"{jnp.shape(weight[0])}; it is each example's count of targets: ({size},).")
+    _require(_all_finite(result), f"{what} returned values that are not all finite.")
+
+
 def _per_example_outputs(subject: Subject, outputs: Any, batch: dict[str, jax.Array],
                          mode: str) -> None:
     size = len(batch["inputs"])
     loss = getattr(subject.plugin, "loss", None)
-    if loss is None:
+    if loss is None and not declares_targets(subject.metadata):  # One class per example.
         expected = (size, subject.metadata.num_classes)
         _require(isinstance(outputs, jax.Array) and outputs.shape == expected
                  and jnp.issubdtype(outputs.dtype, jnp.floating),
@@ -451,14 +492,10 @@ def _per_example_outputs(subject: Subject, outputs: Any, batch: dict[str, jax.Ar
                  f"`loss` a model returns float logits of shape (batch, num_classes) = "
                  f"{expected}.")
     else:
-        per_example, metrics = jax.jit(loss)(outputs, batch)
-        _require(jnp.shape(per_example) == (size,),
-                 f"In {mode} mode the plugin's loss returned a loss of shape "
-                 f"{jnp.shape(per_example)}; it must be per example: ({size},).")
-        for name, value in metrics.items():
-            _require(jnp.shape(value) == (size,), f"In {mode} mode the plugin's loss returned "
-                     f"metric {name!r} of shape {jnp.shape(value)}; metrics are per example: "
-                     f"({size},).")
+        owner = "the plugin's loss" if loss is not None else (
+            f"the loss {subject.config.loss.name!r}")
+        _check_loss_result(jax.jit(subject.model.loss)(outputs, batch), size,
+                           f"In {mode} mode {owner}")
     _require(_all_finite(outputs), f"In {mode} mode the model's outputs are not all finite.")
 
 
@@ -475,8 +512,10 @@ def _model_builds(subject: Subject) -> None:
 @_check("model_init_and_apply", [MODELS],
         "under jax.jit, init(rng, a batch of one) and apply(variables, a batch of "
         "metadata.input_shape, train) run in train and eval mode, and give float logits of "
-        "shape (batch, num_classes), or, with the plugin's own loss, a per-example loss and "
-        "per-example metrics; train mode updates only existing mutable collections.")
+        "shape (batch, num_classes), or, for a dataset declaring target_shape/target_dtype or "
+        "with the plugin's own loss, outputs the loss takes, giving a per-example loss and "
+        "metrics (or a framework.WeightedLoss); train mode updates only existing mutable "
+        "collections.")
 def _model_init_and_apply(subject: Subject) -> None:
     variables = subject.variables
     _require("params" in variables and jax.tree.leaves(variables["params"]),
@@ -606,8 +645,9 @@ def _check_batch(batch: Any, size: int, metadata: DatasetMetadata, what: str) ->
 
 @_check("dataset_train_batches", [DATASETS],
         "train batches are dicts of numpy arrays of this process's batch size, with `inputs` of "
-        "metadata.input_shape and input_dtype and `label` (integer classes in "
-        "[0, num_classes)).")
+        "metadata.input_shape and input_dtype, `label` (integer classes or tokens in "
+        "[0, num_classes), or float values; of metadata.target_shape and target_dtype where "
+        "the metadata declares them) and optionally a float `label_mask` of the label's shape.")
 def _dataset_train_batches(subject: Subject) -> None:
     size = subject.config.dataset.batch_size
     iterator = subject.build_dataset().train_iterator()
@@ -699,6 +739,76 @@ def _dataset_restorable(subject: Subject) -> None:
     for index, (a, b) in enumerate(zip(expected, _take(restored, 3))):
         _require(_equal_trees(a, b), f"After set_state(), batch {index} differs from the batch "
                  "the original iterator yielded at that position.")
+
+
+# Losses ---------------------------------------------------------------------------------------
+
+
+def _built_loss(subject: Subject) -> Any:
+    """The loss under check, built for the experiment's data; skipped where it does not fit."""
+    try:
+        return subject.plugin.build(subject.section, subject.metadata)
+    except config_lib.ConfigError as error:
+        raise CheckSkipped(f"The loss does not apply to this experiment's data ({error}); "
+                           "check it in an experiment whose dataset it fits.") from error
+
+
+@_check("loss_builds", [LOSSES],
+        "build(config, metadata) returns a function loss(outputs, batch); a loss that does not "
+        "fit the dataset's targets raises framework.ConfigError (the check is then skipped).")
+def _loss_builds(subject: Subject) -> None:
+    loss = _built_loss(subject)
+    _require(callable(loss), f"build() returned a {type(loss).__name__}.")
+    derived = getattr(loss, "derived_metrics", None) or {}
+    _require(isinstance(derived, dict) and all(callable(f) for f in derived.values()),
+             f"derived_metrics is {derived!r}; it is a dict of name -> function of the means.")
+
+
+@_check("loss_under_jit", [LOSSES],
+        "on the experiment model's outputs and a train batch, under jax.jit, the loss returns "
+        "(per_example_loss, {name: per_example_metric}) or a framework.WeightedLoss of "
+        "per-example sums and counts, all finite, and is differentiable with respect to the "
+        "outputs with finite gradients; derived_metrics give a float from the means.")
+def _loss_under_jit(subject: Subject) -> None:
+    loss = _built_loss(subject)
+    batch, outputs = jax.tree.map(jnp.asarray, subject.batch), subject.outputs
+    result = jax.jit(loss)(outputs, batch)
+    _check_loss_result(result, len(batch["inputs"]), "The loss")
+    grads = jax.jit(jax.grad(lambda o: jnp.sum(loss(o, batch)[0])))(outputs)
+    _require(_all_finite(grads), "The loss's gradients with respect to the outputs are not "
+             "all finite.")
+    means = {"loss": float(jnp.mean(result[0])),
+             **{k: float(jnp.mean(v)) for k, v in result[1].items()}}
+    for name, derive in (getattr(loss, "derived_metrics", None) or {}).items():
+        value = derive(means)
+        _require(isinstance(value, float), f"derived_metrics[{name!r}] gave a "
+                 f"{type(value).__name__}; it must give a float.")
+
+
+@_check("loss_padding_counts_for_nothing", [LOSSES],
+        "with a `label_mask`, the loss is a framework.WeightedLoss (per target), and a target "
+        "masked 0 counts for nothing: its label does not change the result, an example of "
+        "padding only has weight and loss 0, and the weights sum to label_mask's sum.")
+def _loss_padding_counts_for_nothing(subject: Subject) -> None:
+    loss = jax.jit(_built_loss(subject))
+    batch, outputs = jax.tree.map(jnp.asarray, subject.batch), subject.outputs
+    label = batch["label"]
+    mask = jnp.ones(label.shape, jnp.float32).at[0].set(0.0)  # The first example is padding.
+    result = loss(outputs, {**batch, "label_mask": mask})
+    _require(is_weighted(result), "Given a batch with a label_mask, the loss returned the "
+             "per-example form; a loss that reads label_mask returns a framework.WeightedLoss "
+             "whose weight counts the targets that label_mask keeps.")
+    other = jnp.zeros_like(label) if jnp.issubdtype(label.dtype, jnp.integer) else label + 1
+    changed = loss(outputs, {**batch, "label": label.at[0].set(other[0]), "label_mask": mask})
+    _require(_equal_trees(result, changed), "Changing the label of a target whose label_mask "
+             "is 0 changed the loss: padding must count for nothing.")
+    per_example_loss, _, weight = result
+    _require(float(weight[0]) == 0.0 and float(per_example_loss[0]) == 0.0,
+             f"An example whose label_mask is all 0 has weight {float(weight[0])} and "
+             f"loss {float(per_example_loss[0])}; both must be 0.")
+    _require(float(jnp.sum(weight)) == float(jnp.sum(mask)),
+             f"The weights sum to {float(jnp.sum(weight))}; label_mask keeps "
+             f"{float(jnp.sum(mask))} targets.")
 
 
 # Regularizers, optimizers ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from framework.config import base_config
 from framework.errors import JaxforgeError
 
 
@@ -61,16 +62,20 @@ def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str
     """`key: old -> new` for every field where the workdir's config.json differs from `config`.
 
     The `mesh` section is left out: it describes the machine, not the experiment, and a run may
-    resume on another topology (the checkpoint is resharded on load).
+    resume on another topology (the checkpoint is resharded on load). A framework field the
+    workdir's config.json does not have, at its default (`loss.name`, added after the run was
+    written), is no change either: the run used what that default means.
     """
     path = Path(workdir) / "config.json"
     if not path.exists():
         return []
     old = _flatten(json.loads(path.read_text()))
     new = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples compare as lists.
+    defaults = _flatten(json.loads(json.dumps(base_config().to_dict())))
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key) and not key.startswith("mesh.")]
+            if old.get(key) != new.get(key) and not key.startswith("mesh.")
+            and not (key not in old and key in defaults and new[key] == defaults[key])]
 
 
 def check_config_unchanged(workdir: Path, config: ml_collections.ConfigDict,

@@ -126,15 +126,21 @@ weight_decay = framework.Plugin(
 def _label_smoothing(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
     """Cross-entropy against smoothed labels, (1 - a) * onehot + a / K, equals
     CE + a * (uniform CE - CE); this penalty is the bracket, and `weight` is a. The `loss`
-    metric stays the plain cross-entropy; `total_loss` is the smoothed one."""
+    metric stays the plain cross-entropy; `total_loss` is the smoothed one. Targets may be
+    classes or token sequences; with a `label_mask`, the mean is over the counted targets."""
 
     def penalty(params: Any, batch: Any, logits: jax.Array) -> jax.Array:
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
         uniform = -jnp.mean(log_probs, axis=-1)
 
         def cross_entropy(labels: jax.Array) -> jax.Array:
-            return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+            return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
 
+        if "label_mask" in batch:
+            weights = batch["label_mask"].astype(jnp.float32)
+            labels = jnp.where(weights > 0, batch["label"], 0)
+            bracket = (uniform - cross_entropy(labels)) * weights
+            return jnp.sum(bracket) / jnp.maximum(jnp.sum(weights), 1e-6)
         target = cross_entropy(batch["label"])
         if "label_b" in batch:  # Mixed by mixup/cutmix: both labels, weighted.
             weight = batch["label_weight"]

@@ -145,7 +145,8 @@ def test_an_unknown_framework_key_without_suggestion_names_the_plugin_sections()
     with pytest.raises(ConfigError) as error:
         resolve(BASE, "--config.train.learning_rate=0.1", "--config.regularizers.l2.weight=1")
     assert ("A plugin's own field goes in that plugin's section (config.model (cnn), "
-            "config.dataset (digits), config.optimizer (adam), config.regularizers.l2); "
+            "config.dataset (digits), config.loss (cross_entropy), config.optimizer (adam), "
+            "config.regularizers.l2); "
             "`jaxforge plugins show NAME` lists a plugin's fields.") in str(error.value)
 
 

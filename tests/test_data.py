@@ -108,6 +108,43 @@ def test_the_loop_and_the_conformance_checks_apply_one_set_of_batch_rules(batch,
     assert problem in str(error.value)
 
 
+TOKENS = DatasetMetadata((3,), 5, 20, 20, input_dtype="int32", target_shape=(3,))
+TOKEN_INPUTS = np.zeros((2, 3), np.int32)
+
+
+@pytest.mark.parametrize("batch, problem", [
+    ({"inputs": TOKEN_INPUTS, "label": np.zeros((2, 2), np.int32)},
+     "train batch['label'] has examples of shape (2,), but the metadata promises "
+     "target_shape=(3,)."),
+    ({"inputs": TOKEN_INPUTS, "label": np.zeros((2, 3), np.float32)},
+     "train batch['label'] is float32, but the metadata promises target_dtype='int32'."),
+    ({"inputs": TOKEN_INPUTS, "label": np.full((2, 3), 5, np.int32)},
+     "train batch['label'] has values outside [0, num_classes=5): [5]."),
+    ({"inputs": TOKEN_INPUTS, "label": np.zeros((2, 3), np.int32),
+      "label_mask": np.ones((2, 2), np.float32)},
+     "train batch['label_mask'] is float32[2, 2]; it must be float (1 counts, 0 is padding) of "
+     "the label's shape [2, 3]."),
+    ({"inputs": TOKEN_INPUTS, "label": np.zeros((2, 3), np.int32),
+      "label_mask": np.ones((2, 3), np.int32)}, "train batch['label_mask'] is int32[2, 3]"),
+])
+def test_sequence_targets_follow_the_metadata(batch, problem):
+    assert problem in batch_problem(batch, TOKENS)
+
+
+def test_padded_targets_may_hold_any_id():
+    batch = {"inputs": TOKEN_INPUTS, "label": np.array([[1, 2, -1], [4, 0, 0]], np.int32),
+             "label_mask": np.array([[1, 1, 0], [1, 1, 1]], np.float32)}
+    assert batch_problem(batch, TOKENS) is None
+
+
+def test_metadata_without_target_fields_checks_labels_as_before():
+    """Datasets written before target_shape/target_dtype: a model's own loss may read labels of
+    any shape and dtype (an autoencoder's images), so only the class range is checked."""
+    metadata = DatasetMetadata((1,), 10, 20, 20)
+    images = {"inputs": np.zeros((4, 1), np.float32), "label": np.zeros((4, 2, 2), np.float32)}
+    assert batch_problem(images, metadata) is None
+
+
 def test_eval_batches_pass_the_batch_rules():
     data = source(process_count=1)
     for batch in data.eval_batches():

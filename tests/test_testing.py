@@ -22,8 +22,11 @@ from framework.testing import (
     tiny_config,
 )
 
-SMALL_RESNET = tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4})
-BUILTINS = [(info.kind, info.id, SMALL_RESNET if info.name == "resnet" else None)
+SMALL = {"resnet": tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 4}),
+         # A few files of the standard library, prepared under the test's XDG_CACHE_HOME.
+         "text": tiny_config(dataset={"name": "text", "max_bytes": 100_000, "seq_len": 16,
+                                      "eval_fraction": 0.3})}
+BUILTINS = [(info.kind, info.id, SMALL.get(info.name))
             for info in registry.infos() if info.distribution == "jaxforge"]
 
 
@@ -36,7 +39,8 @@ def test_every_builtin_entry_point_is_checked():
 
 @pytest.mark.slow
 @parametrize_with_checks(BUILTINS)
-def test_builtin_plugins_conform(check):
+def test_builtin_plugins_conform(check, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # Prepared data stays out of ~/.cache.
     with tfds.testing.mock_data(num_examples=64):  # The tfds plugin reads MNIST: mock it offline.
         check()
 

@@ -17,8 +17,6 @@ prepared only as tfrecord is read through `tfds.load` into memory when TensorFlo
 from __future__ import annotations
 
 import importlib.util
-import math
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +24,7 @@ import ml_collections
 import numpy as np
 
 import framework
+from plugins.datasets import grain_reading
 
 NORMALIZATIONS = ("unit", "mean_std", "none")
 
@@ -105,19 +104,6 @@ class ReadExamples:
         return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-class EvalBatch:
-    """A batch of local eval indices -> the padded, masked batch of this process."""
-
-    def __init__(self, read: GatherBatch | ReadExamples, global_batch: int, local_batch: int,
-                 process_index: int, num_examples: int) -> None:
-        self.read = read
-        self.layout = (global_batch, local_batch, process_index, num_examples)
-
-    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        positions, mask = framework.eval_positions(np.asarray(indices), *self.layout)
-        return {**self.read(positions), "mask": mask}
-
-
 class GrainSource:
     """The `DataSource` of a TFDS dataset read through Grain.
 
@@ -146,73 +132,53 @@ class GrainSource:
         self._read_train = self._reader(train, preprocess)
         self._read_eval = self._reader(evaluation, preprocess)
 
-    def _read_options(self) -> Any:
-        """Grain prefetches whole batches here: a few ahead are enough, and a deeper buffer
-        (Grain's default is 500 elements) only takes CPU away from the training step."""
-        threads = self._config.num_threads if not self._config.cache else 1
-        return self._grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads + 2)
+    def _num_threads(self) -> int:
+        """Reading from memory needs one thread; reading from the files, several."""
+        return self._config.num_threads if not self._config.cache else 1
 
     def _reader(self, source: Any, preprocess: Preprocess) -> GatherBatch | ReadExamples:
         """How a batch of indices becomes a batch: a gather from memory, or reads from files."""
         if not self._config.cache:
             return ReadExamples(source, preprocess)
         chunks = self._grain.MapDataset.source(source).map(preprocess).batch(1024)
-        batches = list(chunks.to_iter_dataset(self._read_options()))
+        batches = list(chunks.to_iter_dataset(grain_reading.read_options(1)))
         return GatherBatch({key: np.concatenate([b[key] for b in batches])
                             for key in batches[0]})
 
     def train_iterator(self) -> framework.TrainIterator:
-        grain, context = self._grain, self._context
-        local = framework.local_batch_size(self._config.batch_size, context, "dataset.batch_size")
-        indices = grain.MapDataset.range(self._num_train)
-        if self._config.shuffle:
-            indices = indices.shuffle(seed=context.seed)
-        # Consecutive local batches of one endless stream: global batch k is local batches
-        # k*P .. k*P+P-1, and process p takes the p-th of them.
-        batches = indices.repeat().batch(local, drop_remainder=True)
-        batches = batches[context.process_index::context.process_count].map(self._read_train)
-        iterable = batches.to_iter_dataset(self._read_options())
-        if self._config.num_workers:
-            _absl_flags_parsed()
-            iterable = iterable.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self._config.num_workers),
-                worker_init_fn=_ignore_interrupts)
-        return iter(iterable)
+        return grain_reading.train_iterator(
+            self._num_train, self._read_train, self._config.batch_size, self._context,
+            shuffle=self._config.shuffle, num_threads=self._num_threads(),
+            num_workers=self._config.num_workers)
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        local = framework.local_batch_size(self._eval_batch_size, self._context,
-                                           "dataset.eval_batch_size")
-        num_batches = math.ceil(self._num_eval / self._eval_batch_size)
-        to_batch = EvalBatch(self._read_eval, self._eval_batch_size, local,
-                             self._context.process_index, self._num_eval)
-        batches = self._grain.MapDataset.range(num_batches * local).batch(local).map(to_batch)
-        return iter(batches.to_iter_dataset(self._read_options()))
+        return grain_reading.eval_batches(self._num_eval, self._read_eval,
+                                          self._eval_batch_size, self._context,
+                                          num_threads=self._num_threads())
 
 
-def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
-    """Ctrl-C reaches the whole process group. The loop stops at a step boundary and closes the
-    workers; without this each of them would first die with its own KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _absl_flags_parsed() -> None:
-    """Grain's worker processes read absl flags; jaxforge's CLI is argparse, so use defaults."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
-def _unreadable(config: ml_collections.ConfigDict, split: str, error: Exception
-                ) -> framework.JaxforgeError:
-    where = config.data_dir or "TFDS's default data_dir"
+def _unreadable(name: str, data_dir: str, split: str, error: Exception,
+                data_dir_key: str = "data_dir") -> framework.JaxforgeError:
+    where = data_dir or "TFDS's default data_dir"
     return framework.JaxforgeError(
-        f"Cannot read TFDS dataset {config.tfds_name!r} split {split!r} from {where} "
+        f"Cannot read TFDS dataset {name!r} split {split!r} from {where} "
         f"({type(error).__name__}: {error}). jaxforge reads TFDS data as array_record without "
-        f"TensorFlow. Prepare it where there is network access: `tfds build {config.tfds_name} "
-        "--file_format=array_record --data_dir DIR`, then pass --config.dataset.data_dir=DIR. "
+        f"TensorFlow. Prepare it where there is network access: `tfds build {name} "
+        "--file_format=array_record --data_dir DIR`, then pass "
+        f"--config.dataset.{data_dir_key}=DIR. "
         "A dataset prepared as tfrecord is read when TensorFlow is installed: "
         "pip install 'jaxforge[tf]'.")
+
+
+def data_source(name: str, split: str, data_dir: str, data_dir_key: str = "data_dir") -> Any:
+    """The random-access source of one prepared split (array_record), without downloading;
+    a JaxforgeError that says how to prepare it if it cannot be read."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as error:
+        raise _unreadable(name, data_dir, split, error, data_dir_key) from error
 
 
 def _in_memory_with_tensorflow(config: ml_collections.ConfigDict,
@@ -251,8 +217,9 @@ def build(config: ml_collections.ConfigDict, context: framework.DataContext) -> 
                 try:
                     return _in_memory_with_tensorflow(config, context)
                 except Exception as tf_error:
-                    raise _unreadable(config, split, tf_error) from tf_error
-            raise _unreadable(config, split, error) from error
+                    raise _unreadable(config.tfds_name, config.data_dir, split,
+                                      tf_error) from tf_error
+            raise _unreadable(config.tfds_name, config.data_dir, split, error) from error
     return GrainSource(*sources, config, context)
 
 
