@@ -7,6 +7,7 @@
     jaxforge doctor [--config PATH]
     jaxforge plot runs/x runs/y [--metric loss ...] [-o curves.png]
     jaxforge sweep --config PATH --workdir DIR --sweep.a.b=v1,v2 [--sweep.c=...] [--config.d=v]
+    jaxforge tune --config PATH --workdir DIR --search.a.b=loguniform:1e-4:1e-2 [--trials N ...]
     jaxforge plugins list [--kind KIND] [--json]
     jaxforge plugins show ID [--kind KIND]
     jaxforge plugins check ID [ID ...] [--kind KIND] [--verbose] [--config PATH] [--config.x=v ...]
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_doctor_command(commands)
     _add_plot_command(commands)
     _add_sweep_command(commands)
+    _add_tune_command(commands)
     _add_plugins_command(commands)
     _add_new_plugin_command(commands)
     _add_config_command(commands)
@@ -202,6 +204,48 @@ def _add_sweep_command(commands: Any) -> None:
                        help="experiment file defining get_config() (PATH or PATH.py:ARG)")
     sweep.add_argument("--workdir", required=True, metavar="DIR",
                        help="holds one workdir per run, sweep.csv and sweep.png")
+
+
+def _add_tune_command(commands: Any) -> None:
+    """`jaxforge tune` and its flags (docs/tuning.md)."""
+    tune = commands.add_parser(
+        "tune", allow_abbrev=False, help="search hyperparameters with Optuna, pruning bad trials",
+        epilog="Search a field with --search.SECTION.FIELD=RANGE: uniform:LOW:HIGH, "
+               "loguniform:LOW:HIGH, int:LOW:HIGH[:log] or choice:A,B,...; fixed overrides: "
+               "--config.SECTION.FIELD=VALUE. Each trial trains in DIR/trial-<n>. The same "
+               "command on several machines (one --storage) adds workers to one study; run "
+               "again, it continues the study. Needs Optuna: pip install -e \".[tune]\".")
+    tune.add_argument("--config", metavar="PATH",
+                      help="experiment file defining get_config() (not with --report)")
+    tune.add_argument("--workdir", required=True, metavar="DIR",
+                      help="holds one workdir per trial, study.db, trials.csv, best_config.py "
+                           "and the plots")
+    tune.add_argument("--trials", type=int, default=20, metavar="N",
+                      help="trials in the study, all workers together (default: 20)")
+    tune.add_argument("--metric", default=None, metavar="NAME",
+                      help="the eval metric to optimise (default: the config's "
+                           "train.best_metric)")
+    tune.add_argument("--mode", choices=("max", "min"), default=None,
+                      help="maximise or minimise --metric (default: train.best_mode)")
+    tune.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe",
+                      help="Optuna's sampler (default: tpe; grid lists int and choice ranges)")
+    tune.add_argument("--pruner", choices=("median", "asha", "none"), default="median",
+                      help="stops trials that evaluate worse than others did at that step "
+                           "(default: median)")
+    tune.add_argument("--pruner_startup_trials", type=int, default=5, metavar="N",
+                      help="trials the median pruner lets finish before it prunes (default: 5)")
+    tune.add_argument("--seed", type=int, default=0,
+                      help="the sampler's seed: one worker's study repeats (default: 0)")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="Optuna database URL shared by the workers, e.g. "
+                           "postgresql://USER@HOST/DB (default: sqlite:///DIR/study.db)")
+    tune.add_argument("--study", default=None, metavar="NAME",
+                      help="the study's name in the storage (default: DIR's folder name)")
+    tune.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                      help="a running trial's heartbeat interval; a trial silent for 4 of "
+                           "them is taken as interrupted and retried (default: 30)")
+    tune.add_argument("--report", action="store_true",
+                      help="only write trials.csv, best_config.py and the plots of DIR's study")
 
 
 def _add_plugins_command(commands: Any) -> None:
@@ -516,6 +560,27 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace, extra: list[str]) -> int:
+    from framework import tune
+
+    if args.report:
+        if args.config or extra:
+            raise JaxforgeError("--report reads the study in --workdir: give no --config, "
+                                "--search. or --config. flags with it.")
+        tune.report(args.workdir, args.storage, args.study)
+        return 0
+    if not args.config:
+        raise JaxforgeError("jaxforge tune needs --config PATH (or --report).")
+    from framework import search_space
+
+    specs, overrides = search_space.split_search_args(extra)
+    options = tune.Options(args.trials, args.metric, args.mode, args.sampler, args.pruner,
+                           args.pruner_startup_trials, args.seed, args.storage, args.study,
+                           args.heartbeat)
+    tune.run_tune(args.config, args.workdir, specs, overrides, options)
+    return 0
+
+
 def _weights(args: argparse.Namespace, extra: list[str]) -> int:
     from framework import weights
 
@@ -527,13 +592,13 @@ def _weights(args: argparse.Namespace, extra: list[str]) -> int:
 
 _COMMANDS = {"plugins": _plugins, "new-plugin": _new_plugin, "config": _config_show,
              "train": _train, "eval": _eval, "doctor": _doctor, "plot": _plot, "sweep": _sweep,
-             "predict": _predict, "export": _export, "weights": _weights,
+             "tune": _tune, "predict": _predict, "export": _export, "weights": _weights,
              "generate": _generate}
 """Each command's function: `(args, the --config./--sweep. arguments) -> exit status`."""
 
 
 def _takes_overrides(args: argparse.Namespace) -> bool:
-    return (args.command in ("train", "sweep")
+    return (args.command in ("train", "sweep", "tune")
             or (args.command == "doctor" and args.config is not None)
             or getattr(args, "config_command", None) == "show"
             or getattr(args, "plugins_command", None) == "check")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,24 +225,27 @@ def _provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          allow_config_change: bool = False, restore_step: int | None = None) -> dict[str, Any]:
+          allow_config_change: bool = False, restore_step: int | None = None,
+          callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train (or resume) the experiment `config` in `workdir`; returns the summary.
 
     A workdir holds one run: a second concurrent run is refused, and resuming with a config that
     differs from the workdir's config.json needs `allow_config_change`. `restore_step` resumes
     from an older checkpoint; the later ones are moved to `abandoned_checkpoints/`. A run that
     already finished (reached its steps, or stopped early) is not run again: its summary is
-    returned and its files are left as they are.
+    returned and its files are left as they are. `callbacks` are built callbacks that run after
+    the config's own; they are not part of the config (config.json does not name them): a
+    program that drives runs listens with them (`jaxforge tune` reports evaluations to Optuna).
     """
     if not config.is_locked:
         config = config_lib.resolve_config(config)
     workdir = Path(workdir)
     with WorkdirLock(workdir) if is_main_process() else contextlib.nullcontext():
-        return _train(config, workdir, allow_config_change, restore_step)
+        return _train(config, workdir, allow_config_change, restore_step, callbacks)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool,
-           restore_step: int | None) -> dict[str, Any]:
+           restore_step: int | None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """The phases of a run, in order: the config check and whether the run already finished,
     set up, restore or initialise, open the outputs, the dispatch loop (which runs the
     boundaries), finish."""
@@ -253,6 +256,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
     if finished is not None:
         return finished
     setup, prepared = _set_up_workdir(config, workdir, restore_step)
+    setup.callbacks.extend(callbacks)
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep,
                                 config.checkpoint.async_save)
     iterator = CheckedIterator(setup.data.train_iterator(), setup.data.metadata,
