@@ -86,7 +86,8 @@ def use_plain_gcsfs() -> None:
     `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT` was turned off (its probe waits 60 s per bucket)."""
     import fsspec
 
-    fsspec.register_implementation("gs", "gcsfs.core.GCSFileSystem", clobber=True)
+    for protocol in ("gs", "gcs"):  # etils.epath asks for "gcs".
+        fsspec.register_implementation(protocol, "gcsfs.core.GCSFileSystem", clobber=True)
 
 
 def create_bucket(endpoint: str, name: str) -> None:
@@ -129,10 +130,12 @@ def _patch() -> None:
 
 def main() -> None:
     """Serve in memory on a free port of 127.0.0.1 until terminated; print the port first."""
+    import logging
     import signal
 
     from gcp_storage_emulator.server import create_server
 
+    logging.basicConfig(level=logging.CRITICAL)  # As its --quiet: a 404 is no error here.
     _patch()
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # The server thread inherits it.

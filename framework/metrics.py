@@ -8,7 +8,7 @@ from typing import Any
 
 from etils import epath
 
-from framework.workdir import is_url
+from framework.workdir import forget_listings, is_url
 
 
 class MetricsLog:
@@ -66,8 +66,19 @@ def read_metrics(path: epath.Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl, then of its parts on an object store, in step order
     (empty when absent); a torn last line is ignored."""
     path = epath.Path(path)
+    if not is_url(path):
+        return _parse(path.read_text()) if path.exists() else []
+    forget_listings(_parts(path))  # Parts written since this process last looked.
+    try:
+        return _read_with_parts(path)
+    except FileNotFoundError:  # A part folded into the file while it was read: read again.
+        forget_listings(_parts(path))
+        return _read_with_parts(path)
+
+
+def _read_with_parts(path: epath.Path) -> list[dict[str, Any]]:
     records = _parse(path.read_text()) if path.exists() else []
-    if is_url(path) and _parts(path).exists():
+    if _parts(path).exists():
         folded_up_to = records[-1]["step"] if records else -1  # Parts a cut-short fold left.
         for part in sorted(_parts(path).iterdir()):
             records += [r for r in _parse(part.read_text()) if r["step"] > folded_up_to]

@@ -7,6 +7,7 @@ the hosts, it is a lease object instead (`framework.lease`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -103,3 +104,13 @@ def absolute(path: str | epath.Path) -> epath.Path:
     current directory to it)."""
     path = epath.Path(path)
     return path if is_url(path) else path.absolute()
+
+
+def forget_listings(path: str | epath.Path) -> None:
+    """Make the next listing of the URL `path` (and its parents) ask the object store: gcsfs (which
+    `etils.epath` uses for `gs://` without TensorFlow) caches listings, so a process that reads
+    a running workdir would not see the objects written since it last looked."""
+    with contextlib.suppress(ImportError):
+        from etils.epath import backend
+
+        backend.fsspec_backend.fs(path).invalidate_cache(os.fspath(path))
