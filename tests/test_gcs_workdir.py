@@ -166,3 +166,40 @@ def test_two_processes_sharing_no_directory_train_into_one_bucket_like_one_proce
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  params_of(multi), params_of(single))
+
+
+def test_tensorboard_events_on_the_bucket_read_back_and_resume(jaxforge_gcs_bucket, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from framework.tensorboard_log import TensorBoardLog
+
+    logdir = epath.Path(jaxforge_gcs_bucket) / "run"
+    first = TensorBoardLog(logdir, resume_step=0, enabled=True)
+    first.write(10, {"train/loss": 1.0})
+    first.write(20, {"train/loss": 0.5})  # Interrupted after step 10's checkpoint:
+    first.close()
+    resumed = TensorBoardLog(logdir, resume_step=10, enabled=True)
+    resumed.write(20, {"train/loss": 0.25})
+    resumed.close()
+    for event_file in logdir.glob("events.out.tfevents.*"):
+        (tmp_path / event_file.name).write_bytes(event_file.read_bytes())
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(10, 1.0), (20, 0.25)]
+
+
+def test_metrics_on_the_bucket_are_one_object_per_log_step_until_folded(jaxforge_gcs_bucket):
+    from framework.metrics import MetricsLog
+
+    path = epath.Path(jaxforge_gcs_bucket) / "run" / "metrics.jsonl"
+    log = MetricsLog(path, resume_step=0, enabled=True)
+    log.write(10, {"train/loss": 1.0})
+    log.write(20, {"train/loss": 0.5})
+    parts = path.parent / "metrics.jsonl.parts"
+    assert path.read_text() == "" and len(list(parts.iterdir())) == 2  # Nothing lost at a crash.
+    assert [r["step"] for r in read_metrics(path)] == [10, 20]
+    resumed = MetricsLog(path, resume_step=10, enabled=True)  # Folds; drops step 20.
+    assert [r["step"] for r in read_metrics(path)] == [10] and not parts.exists()
+    resumed.write(20, {"train/loss": 0.25})
+    resumed.close()
+    assert [json.loads(line)["train/loss"] for line in path.read_text().splitlines()] == [1.0, 0.25]
