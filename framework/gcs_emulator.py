@@ -27,8 +27,10 @@ _GCSFS_PROBE_OFF = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 def environment(endpoint: str) -> dict[str, str]:
-    """The variables that send tensorstore, gcsfs and google-cloud-storage to `endpoint`."""
+    """The variables that send tensorstore, gcsfs, google-cloud-storage and google-cloud-cpp
+    (array_record's reader of `gs://` files) to `endpoint`."""
     return {
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,
         "TENSORSTORE_GCS_HTTP_URL": endpoint,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # Sent by tensorstore, ignored.
         "STORAGE_EMULATOR_HOST": endpoint,
