@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from etils import epath
@@ -25,6 +26,7 @@ from etils import epath
 from framework.errors import JaxforgeError
 
 TTL_S = 60.0  # A dead run's workdir is free again after this long.
+FIRST_CONTACT_S = 10.0  # An unreachable store fails the run's start within this, not minutes.
 
 
 def _blob(url: str) -> Any:
@@ -48,14 +50,15 @@ class Lease:
     def __enter__(self) -> Lease:
         from google.api_core import exceptions
 
-        blob = _blob(self.url)
-        current = _read(blob)
-        if current is not None and not self._expired(current):
-            raise self._busy(current[0])
-        try:  # Absent: create it. Expired: replace the version read, nothing newer.
-            self._write(blob, current[1] if current else 0)
-        except exceptions.PreconditionFailed:
-            raise self._busy((_read(blob) or ({}, 0))[0]) from None
+        with _plain_errors(self.url):
+            blob = _blob(self.url)
+            current = _read(blob)
+            if current is not None and not self._expired(current):
+                raise self._busy(current[0])
+            try:  # Absent: create it. Expired: replace the version read, nothing newer.
+                self._write(blob, current[1] if current else 0)
+            except exceptions.PreconditionFailed:
+                raise self._busy((_read(blob) or ({}, 0))[0]) from None
         self._renewer.start()
         return self
 
@@ -72,7 +75,8 @@ class Lease:
     def _write(self, blob: Any, generation: int) -> None:
         body = {"holder": self.holder, "ttl_s": self.ttl_s, "written": time.time()}
         blob.upload_from_string(json.dumps(body), content_type="application/json",
-                                if_generation_match=generation, timeout=30)
+                                if_generation_match=generation, timeout=FIRST_CONTACT_S,
+                                retry=_retry())
         self._generation = int(blob.generation)
 
     def _renew_until_released(self) -> None:
@@ -109,7 +113,7 @@ def _read(blob: Any) -> tuple[dict[str, Any], int] | None:
     from google.api_core import exceptions
 
     try:
-        text = blob.download_as_text(timeout=30)
+        text = blob.download_as_text(timeout=FIRST_CONTACT_S, retry=_retry())
     except exceptions.NotFound:
         return None
     try:
@@ -117,3 +121,38 @@ def _read(blob: Any) -> tuple[dict[str, Any], int] | None:
     except json.JSONDecodeError:
         body = {}  # Unreadable: treated as expired.
     return body, int(blob.generation)
+
+
+def _retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(FIRST_CONTACT_S)
+
+
+@contextlib.contextmanager
+def _plain_errors(url: str) -> Iterator[None]:
+    """Cloud Storage's errors at a run's start as one line naming the URL and the likely fix."""
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    bucket = "gs://" + url.removeprefix("gs://").split("/")[0]
+    try:
+        yield
+    except exceptions.NotFound as error:
+        raise JaxforgeError(
+            f"Cannot write {url}: bucket {bucket} does not exist ({error.code}). Create it "
+            f"(gcloud storage buckets create {bucket} --location=REGION) or fix the "
+            "--workdir.") from None
+    except (exceptions.Forbidden, exceptions.Unauthorized) as error:
+        raise JaxforgeError(
+            f"Cannot write {url}: permission denied ({error.code}). Grant this machine's "
+            f"service account roles/storage.objectUser on {bucket}.") from None
+    except auth_exceptions.DefaultCredentialsError:
+        raise JaxforgeError(
+            f"Cannot write {url}: no Google credentials here. On a TPU VM they come with the "
+            "VM's service account; elsewhere run `gcloud auth application-default login`."
+        ) from None
+    except (exceptions.RetryError, exceptions.GoogleAPICallError, OSError) as error:
+        raise JaxforgeError(
+            f"Cannot reach Cloud Storage for {url} within {FIRST_CONTACT_S:.0f} s "
+            f"({type(error).__name__}). Check the network (or STORAGE_EMULATOR_HOST).") from None

@@ -203,3 +203,25 @@ def test_metrics_on_the_bucket_are_one_object_per_log_step_until_folded(jaxforge
     resumed.write(20, {"train/loss": 0.25})
     resumed.close()
     assert [json.loads(line)["train/loss"] for line in path.read_text().splitlines()] == [1.0, 0.25]
+
+
+
+def test_a_missing_bucket_or_unreachable_store_is_one_line_within_seconds(
+        tiny, jaxforge_gcs_bucket, tmp_path, monkeypatch, capsys):
+    from framework.cli import main
+
+    experiment = write_experiment(tmp_path / "experiment.py", tiny())
+    train = ["train", f"--config={experiment}", "--workdir=gs://no-such-bucket/run"]
+    assert main(train) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "bucket gs://no-such-bucket does not exist" in error
+    assert not list(tmp_path.glob("gs*"))  # Nothing written locally in its place either.
+
+    with socket.socket() as sock:  # A port nothing listens on.
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", closed)
+    started = time.monotonic()
+    assert main([*train[:2], f"--workdir={jaxforge_gcs_bucket}/run"]) == 2
+    assert "Cannot reach Cloud Storage" in capsys.readouterr().err
+    assert time.monotonic() - started < 30
