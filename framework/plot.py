@@ -202,7 +202,8 @@ def save(figure: Figure, output: str | epath.Path) -> epath.Path:
     """Write the figure; the format follows the file's extension (PNG for `.png`)."""
     output = check_output(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    with output.open("wb") as file:  # A local file or a gs:// object alike.
+        figure.savefig(file, dpi=120, format=output.suffix.lstrip(".").lower())
     return output
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import re
 from collections.abc import Callable, Sequence
@@ -183,11 +184,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with epath.Path(path).open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    text = io.StringIO(newline="")  # Then one write: a gs:// object is written whole.
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    epath.Path(path).write_text(text.getvalue())
 
 
 def plot_sweep(runs: Sequence[SweepRun], output: epath.Path) -> Any:

@@ -225,3 +225,16 @@ def test_a_missing_bucket_or_unreachable_store_is_one_line_within_seconds(
     assert main([*train[:2], f"--workdir={jaxforge_gcs_bucket}/run"]) == 2
     assert "Cannot reach Cloud Storage" in capsys.readouterr().err
     assert time.monotonic() - started < 30
+
+
+def test_a_sweep_on_the_bucket_writes_its_table_and_plot(tiny, jaxforge_gcs_bucket, tmp_path):
+    from framework.cli import main
+
+    experiment = write_experiment(tmp_path / "experiment.py",
+                                  tiny(train={"num_steps": 10, "eval_every_steps": 10}))
+    workdir = epath.Path(jaxforge_gcs_bucket) / "sweep"
+    assert main(["sweep", f"--config={experiment}", f"--workdir={workdir}",
+                 "--sweep.seed=0,1"]) == 0
+    rows = (workdir / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 3 and (workdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("gs*"))
