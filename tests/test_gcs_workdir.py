@@ -238,3 +238,11 @@ def test_a_sweep_on_the_bucket_writes_its_table_and_plot(tiny, jaxforge_gcs_buck
     rows = (workdir / "sweep.csv").read_text().splitlines()
     assert len(rows) == 3 and (workdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("gs*"))
+
+
+def test_a_profile_window_lands_in_the_bucket(tiny, jaxforge_gcs_bucket):
+    workdir = epath.Path(jaxforge_gcs_bucket) / "run"
+    config = tiny(train={"num_steps": 20, "profile_steps": (10, 20)})
+    framework.train(framework.resolve_config(config), workdir)
+    traced = [p.name for p in (workdir / "profile").glob("plugins/profile/*/*")]
+    assert "perfetto_trace.json.gz" in traced and any(n.endswith(".xplane.pb") for n in traced)
