@@ -8,13 +8,17 @@ current mesh.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from framework.errors import JaxforgeError
+from framework.workdir import absolute, is_url
+
+_ASIDE_NOTE = ("Checkpoints later than the step a run was resumed from (--restore_step), kept "
+               "rather than deleted.\n")
 
 
 class Checkpointer:
@@ -24,8 +28,8 @@ class Checkpointer:
     cut short (kill -9, power loss) is never taken for a checkpoint; its leftovers are removed.
     """
 
-    def __init__(self, directory: Path, max_to_keep: int, async_save: bool) -> None:
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: epath.Path, max_to_keep: int, async_save: bool) -> None:
+        self.directory = absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True)
@@ -75,6 +79,8 @@ class Checkpointer:
             self._manager.wait_until_finished()
             aside = self.directory.parent / "abandoned_checkpoints"
             aside.mkdir(exist_ok=True)
+            if is_url(aside):  # An object store has no empty folders to move into.
+                (aside / "README.txt").write_text(_ASIDE_NOTE)
             for s in later:
                 (self.directory / str(s)).rename(aside / f"{s}.{time.strftime('%Y%m%d-%H%M%S')}")
             self._manager.reload()
@@ -87,11 +93,11 @@ class Checkpointer:
         self._manager.close()
 
 
-def saved_steps(directory: Path) -> list[int]:
+def saved_steps(directory: epath.Path) -> list[int]:
     """The steps of the complete checkpoints in `directory`, from the folder names alone: Orbax
     renames a checkpoint to its step once it is written. Opening no checkpoint manager, it
     neither creates the folder nor tidies it."""
-    directory = Path(directory)
+    directory = epath.Path(directory)
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 from ml_collections.config_dict import FieldReference, placeholder
 
 from framework.errors import ConfigError, JaxforgeError
@@ -793,10 +794,10 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=False)
 
 
-def from_json_file(path: Path) -> ml_collections.ConfigDict:
-    """Re-resolve a workdir's config.json (written by `to_json`)."""
+def from_json_file(path: str | epath.Path) -> ml_collections.ConfigDict:
+    """Re-resolve a workdir's config.json (written by `to_json`; local or `gs://`)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(epath.Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"Cannot read the run config {path}: {error}") from None
     return resolve_config(ml_collections.ConfigDict(data))

@@ -11,10 +11,10 @@ any batch size. Loading it needs JAX only:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 
 from framework.errors import JaxforgeError
 from framework.predict import LoadedModel, forward_fn
@@ -50,7 +50,7 @@ def export_model(loaded: LoadedModel,
                              platforms=list(platforms) if platforms else None)(spec)
 
 
-def write_export(loaded: LoadedModel, output: str | Path,
+def write_export(loaded: LoadedModel, output: str | epath.Path,
                  platforms: Sequence[str] | None = None) -> jax.export.Exported:
     """Serialize `export_model(loaded, platforms)` into the file `output`."""
     exported = export_model(loaded, platforms)
@@ -58,5 +58,5 @@ def write_export(loaded: LoadedModel, output: str | Path,
         blob = exported.serialize()
     except ImportError as error:  # jax serializes with flatbuffers, an optional dependency.
         raise JaxforgeError(f"Cannot serialize the export: {error}.") from None
-    Path(output).write_bytes(blob)
+    epath.Path(output).write_bytes(blob)
     return exported

@@ -20,19 +20,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from framework import kinds
 from framework.checkpoint import saved_steps
 from framework.errors import ConfigError, JaxforgeError
 from framework.sharding import path_text
 from framework.weights import SUFFIX, flat_collections, load_weights
+from framework.workdir import absolute
 
 MISMATCH_MODES = ("error", "reinit")
 REPORT_FILE = "init_from.json"
@@ -46,8 +47,8 @@ class Source:
     """What `init_from.path` names: a checkpoint (of a workdir, at a step) or a weights file."""
 
     kind: str  # "checkpoint" | "weights"
-    path: Path  # The checkpoint's step directory, or the weights file.
-    workdir: Path | None = None  # The run a checkpoint belongs to.
+    path: epath.Path  # The checkpoint's step directory, or the weights file.
+    workdir: epath.Path | None = None  # The run a checkpoint belongs to.
     step: int | None = None  # The checkpoint's step.
 
     def describe(self) -> str:
@@ -55,11 +56,11 @@ class Source:
                 else f"the weights file {self.path}")
 
 
-def find_source(path: str | Path, step: int | None = None,
+def find_source(path: str | epath.Path, step: int | None = None,
                 key: str = "init_from.path") -> Source:
     """The checkpoint or weights file `path` names: a workdir (its latest checkpoint, or
     `step`), a checkpoint directory (`WORKDIR/checkpoints/N`) or a `.safetensors` file."""
-    path = Path(path)
+    path = epath.Path(path)
     where = f"config.{key}={str(path)!r}" if key else str(path)
     step_flag = "config.init_from.step" if key else "--step"
     if not path.exists():
@@ -97,7 +98,7 @@ def _state_metadata(source: Source) -> dict[str, Any]:
 
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            metadata = checkpointer.metadata((source.path / "state").absolute())
+            metadata = checkpointer.metadata(absolute(source.path / "state"))
         return dict(getattr(metadata, "item_metadata", metadata).tree)
     except Exception as error:
         raise JaxforgeError(f"Cannot read {source.describe()} ({type(error).__name__}: "
@@ -131,7 +132,7 @@ def _restore(source: Source, tree: dict[str, Any]) -> dict[str, Any]:
         with ocp.PyTreeCheckpointer() as checkpointer:
             # Absolute: Orbax reads a relative path's metadata as None (0.12).
             return checkpointer.restore(
-                (source.path / "state").absolute(), args=ocp.args.PyTreeRestore(
+                absolute(source.path / "state"), args=ocp.args.PyTreeRestore(
                 item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
                 partial_restore=True))
     except Exception as error:
@@ -381,14 +382,14 @@ def _place(array: np.ndarray, like: jax.Array) -> jax.Array:
     return jax.make_array_from_callback(like.shape, like.sharding, lambda index: array[index])
 
 
-def apply(setup: Any, prepared: Prepared | None, workdir: Path | None = None) -> Any:
+def apply(setup: Any, prepared: Prepared | None, workdir: epath.Path | None = None) -> Any:
     """The run's initial state: the seed's, with what `prepared` planned loaded from the source
     onto this run's shardings; a fresh optimizer state for the new parameters (or the source's,
     with optimizer_state=true) and EMA parameters equal to them. Reports what happened."""
     state = setup.init_state(jax.random.PRNGKey(setup.config.seed))
     if prepared is None:
         return state
-    workdir = Path(workdir) if workdir is not None else None
+    workdir = epath.Path(workdir) if workdir is not None else None
     cfg, plan = setup.config.init_from, prepared.plan
     current = flat_collections(state.params, state.model_state)
     if prepared.tensors is not None:
@@ -433,7 +434,7 @@ def _restore_optimizer(prepared: Prepared, opt_state: Any, shardings: Any) -> An
     return jax.tree_util.tree_map_with_path(lambda p, leaf: by_name[path_text(p)], opt_state)
 
 
-def initial_state(setup: Any, workdir: Path | None = None) -> Any:
+def initial_state(setup: Any, workdir: epath.Path | None = None) -> Any:
     """The initial state of a run that starts (does not resume) with `setup.config`:
     `prepare`, then `apply`."""
     return apply(setup, prepare(setup), workdir)
@@ -445,7 +446,7 @@ def initial_state(setup: Any, workdir: Path | None = None) -> Any:
 def report_dict(setup: Any, prepared: Prepared) -> dict[str, Any]:
     cfg, plan, source = setup.config.init_from, prepared.plan, prepared.source
     return {
-        "source": str(source.path.absolute()), "kind": source.kind, "step": source.step,
+        "source": str(absolute(source.path)), "kind": source.kind, "step": source.step,
         "use_ema": bool(cfg.use_ema), "optimizer_state": bool(cfg.optimizer_state),
         "converted": bool(cfg.convert and source.kind == "weights"),
         "weights_metadata": prepared.metadata,
@@ -456,7 +457,7 @@ def report_dict(setup: Any, prepared: Prepared) -> dict[str, Any]:
     }
 
 
-def report_text(setup: Any, prepared: Prepared, workdir: Path | None) -> str:
+def report_text(setup: Any, prepared: Prepared, workdir: epath.Path | None) -> str:
     cfg, plan = setup.config.init_from, prepared.plan
     what = prepared.source.describe() + (" (EMA parameters)" if cfg.use_ema else "")
     lines = [f"Initialised from {what}: {len(plan.loaded)} array(s) loaded, {len(plan.renamed)} "
@@ -474,13 +475,13 @@ def report_text(setup: Any, prepared: Prepared, workdir: Path | None) -> str:
     return "\n".join(lines)
 
 
-def report(setup: Any, prepared: Prepared, workdir: Path | None) -> None:
+def report(setup: Any, prepared: Prepared, workdir: epath.Path | None) -> None:
     """Print what was loaded, renamed, reinitialised and ignored; write WORKDIR/init_from.json
     (process 0)."""
     if jax.process_index() != 0:
         return
     print(report_text(setup, prepared, workdir))
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        (Path(workdir) / REPORT_FILE).write_text(
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / REPORT_FILE).write_text(
             json.dumps(report_dict(setup, prepared), indent=2) + "\n")

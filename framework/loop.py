@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils.epath import Path
 
 from framework import config as config_lib
 from framework import init_from, kinds, nonfinite
@@ -67,7 +67,7 @@ from framework.step import (
 )
 from framework.tensorboard_log import TensorBoardLog
 from framework.update_rule import update_rule
-from framework.workdir import WorkdirLock, check_config_unchanged, config_changes
+from framework.workdir import WorkdirLock, absolute, check_config_unchanged, config_changes
 
 
 @dataclasses.dataclass
@@ -272,6 +272,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, allow_config_change
             loop.profiler.stop()  # Only still tracing when training ended inside the window.
             prefetcher.close()
             loop.tensorboard.close()
+            loop.metrics_log.close()
             loop.progress.close()
             checkpointer.wait()
             last_checkpoint = checkpointer.latest_step()
@@ -685,7 +686,7 @@ def _finish(loop: _Loop, run: _Run, workdir: Path, wall_time: float,
         "wall_time_s": round(wall_time, 3),
         # Steps of this invocation over its wall time: setup, compiles and evaluations included.
         "steps_per_sec": round((run.step - run.start_step) / wall_time, 3),
-        "checkpoint": (str((workdir / "checkpoints" / str(last_checkpoint)).absolute())
+        "checkpoint": (str(absolute(workdir / "checkpoints" / str(last_checkpoint)))
                        if last_checkpoint is not None else None),
         "final_state_step": final_state_step,
         "final_state_eval": eval_record(records, final_state_step),

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -34,9 +34,9 @@ class Run:
     records: list[dict[str, Any]]
 
 
-def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
+def load_runs(workdirs: Sequence[str | epath.Path]) -> list[Run]:
     """Each workdir's metrics, named by the workdir's last component (its path if not unique)."""
-    paths = [Path(w) for w in workdirs]
+    paths = [epath.Path(w) for w in workdirs]
     if not paths:
         raise JaxforgeError("No workdir given: pass one or more run directories to plot.")
     for path in paths:
@@ -188,9 +188,9 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = (),
     return figure
 
 
-def check_output(output: str | Path) -> Path:
+def check_output(output: str | epath.Path) -> epath.Path:
     """`output`, when its extension names a format matplotlib writes."""
-    output = Path(output)
+    output = epath.Path(output)
     formats = FigureCanvasBase.get_supported_filetypes()
     if output.suffix.lstrip(".").lower() not in formats:
         raise JaxforgeError(f"Cannot write {output}: give a file name ending in one of "
@@ -198,15 +198,16 @@ def check_output(output: str | Path) -> Path:
     return output
 
 
-def save(figure: Figure, output: str | Path) -> Path:
+def save(figure: Figure, output: str | epath.Path) -> epath.Path:
     """Write the figure; the format follows the file's extension (PNG for `.png`)."""
     output = check_output(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    with output.open("wb") as file:  # A local file or a gs:// object alike.
+        figure.savefig(file, dpi=120, format=output.suffix.lstrip(".").lower())
     return output
 
 
-def plot_workdirs(workdirs: Sequence[str | Path], output: str | Path,
+def plot_workdirs(workdirs: Sequence[str | epath.Path], output: str | epath.Path,
                   metrics: Sequence[str] = ()) -> Figure:
     """`jaxforge plot`: the learning curves of `workdirs`, written to `output`."""
     check_output(output)  # Before plotting, which may warn.

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from framework import mesh as mesh_lib
 from framework.data import DataSource
@@ -42,7 +42,7 @@ def forward_fn(model: Model) -> Callable[[Any, dict[str, Any], jax.Array], Any]:
 class LoadedModel:
     """A run's checkpoint ready to predict: see `load`."""
 
-    workdir: Path
+    workdir: epath.Path
     step: int  # The checkpoint's step.
     config: ml_collections.ConfigDict  # The run's resolved config (config.json).
     metadata: DatasetMetadata  # What inputs look like: input_shape, input_dtype, num_classes.
@@ -121,7 +121,7 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def load(workdir: str | Path, step: int | None = None) -> LoadedModel:
+def load(workdir: str | epath.Path, step: int | None = None) -> LoadedModel:
     """A run's latest (or `step`) checkpoint, ready to predict, in this process.
 
     Raises a JaxforgeError when `workdir` is not a jaxforge workdir or holds no checkpoint.
@@ -133,6 +133,6 @@ def load(workdir: str | Path, step: int | None = None) -> LoadedModel:
                             f"{jax.process_count()}.")
     setup, state, step = loop.restore(workdir, step)
     uses_ema = state.ema_params is not None
-    return LoadedModel(Path(workdir), int(step), setup.config, setup.data.metadata,
+    return LoadedModel(epath.Path(workdir), int(step), setup.config, setup.data.metadata,
                        state.ema_params if uses_ema else state.params, dict(state.model_state),
                        setup.model, setup.mesh, setup.data, uses_ema)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from framework import config as config_lib
 from framework.errors import ConfigError
@@ -37,7 +38,7 @@ class SweepRun:
     name: str
     values: dict[str, Any]  # The swept keys' values, as the resolved config holds them.
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
 
 
 def split_values(text: str) -> list[str]:
@@ -102,7 +103,7 @@ def run_name(values: dict[str, Any]) -> str:
     return ",".join(f"{key}={_value_text(value)}" for key, value in values.items())
 
 
-def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
+def plan(spec: str, workdir: str | epath.Path, axes: dict[str, list[str]],
          overrides: Sequence[str] = ()) -> list[SweepRun]:
     """Resolve and validate every combination; raises ConfigError before anything trains."""
     if not axes:
@@ -132,7 +133,8 @@ def plan(spec: str, workdir: str | Path, axes: dict[str, list[str]],
             raise ConfigError(f"Sweep combination {given}: {error}") from None
         values = {key: functools.reduce(lambda node, part: node[part], key.split("."), config)
                   for key in axes}
-        runs.append(SweepRun(run_name(values), values, config, Path(workdir) / run_name(values)))
+        runs.append(SweepRun(run_name(values), values, config,
+                             epath.Path(workdir) / run_name(values)))
     names = [run.name for run in runs]
     for name in names:
         if names.count(name) > 1:
@@ -180,16 +182,17 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                      for line in cells)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with Path(path).open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    text = io.StringIO(newline="")  # Then one write: a gs:// object is written whole.
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    epath.Path(path).write_text(text.getvalue())
 
 
-def plot_sweep(runs: Sequence[SweepRun], output: Path) -> Any:
+def plot_sweep(runs: Sequence[SweepRun], output: epath.Path) -> Any:
     """`sweep.png`: the runs' curves as `jaxforge plot` draws them (a matplotlib Figure),
     with its warnings about runs too short for a curve."""
     from framework import plot
@@ -199,14 +202,14 @@ def plot_sweep(runs: Sequence[SweepRun], output: Path) -> Any:
     return figure
 
 
-def run_sweep(spec: str, workdir: str | Path, axes: dict[str, list[str]],
+def run_sweep(spec: str, workdir: str | epath.Path, axes: dict[str, list[str]],
               overrides: Sequence[str] = (), echo: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
     """Plan, then train every unfinished run in order; write and return the results table."""
     runs = plan(spec, workdir, axes, overrides)
     from framework import loop
 
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     for index, run in enumerate(runs, 1):
         if is_finished(run):
             echo(f"[{index}/{len(runs)}] {run.name}: finished earlier, skipped.")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from framework.errors import JaxforgeError
+from framework.workdir import absolute
 
 FORMAT = "jaxforge-weights"
 FORMAT_VERSION = "1"
@@ -32,12 +33,12 @@ def jaxforge_version() -> str:
         return "unknown"
 
 
-def save_weights(path: str | Path, tensors: dict[str, np.ndarray],
-                 metadata: dict[str, Any]) -> Path:
+def save_weights(path: str | epath.Path, tensors: dict[str, np.ndarray],
+                 metadata: dict[str, Any]) -> epath.Path:
     """Write `tensors` (name -> array) and `metadata` (values written as text) to `path`."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
+    path = epath.Path(path)
     if path.suffix != SUFFIX:
         raise JaxforgeError(f"{path}: a weights file's name ends in {SUFFIX}.")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,12 +52,12 @@ def save_weights(path: str | Path, tensors: dict[str, np.ndarray],
     return path
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load_weights(path: str | epath.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and metadata of a safetensors file; a missing, corrupted or truncated file is
     one JaxforgeError."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_file():
         raise JaxforgeError(f"The weights file {path} does not exist.")
     try:
@@ -86,8 +87,8 @@ def flat_collections(params: Any, model_state: dict[str, Any] | None) -> dict[st
     return flat
 
 
-def export(workdir: str | Path, output: str | Path, step: int | None = None,
-           ema: bool = False) -> tuple[Path, int, int]:
+def export(workdir: str | epath.Path, output: str | epath.Path, step: int | None = None,
+           ema: bool = False) -> tuple[epath.Path, int, int]:
     """Write a workdir's checkpoint (the latest, or `step`) as a weights file: its parameters
     (the EMA ones with `ema`) and mutable collections. Returns (path, step, tensor count)."""
     from framework import init_from
@@ -101,12 +102,12 @@ def export(workdir: str | Path, output: str | Path, step: int | None = None,
     config = _source_config(source.workdir)
     path = save_weights(output, tensors, {
         "model": config.get("model", {}).get("name", "unknown"), "step": source.step,
-        "ema": "true" if ema else "false", "source": Path(source.workdir).absolute().name})
+        "ema": "true" if ema else "false", "source": absolute(source.workdir).name})
     return path, source.step, len(tensors)
 
 
-def _source_config(workdir: Path | None) -> dict[str, Any]:
+def _source_config(workdir: epath.Path | None) -> dict[str, Any]:
     try:
-        return json.loads((Path(workdir) / "config.json").read_text()) if workdir else {}
+        return json.loads((epath.Path(workdir) / "config.json").read_text()) if workdir else {}
     except (OSError, json.JSONDecodeError):
         return {}

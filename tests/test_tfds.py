@@ -89,6 +89,29 @@ def test_streaming_and_cached_reading_give_the_same_batches(data_dir):
         np.testing.assert_array_equal(a["mask"], b["mask"])
 
 
+def test_data_dir_on_gs_reads_the_same_batches(data_dir, jaxforge_gcs_bucket):
+    """array_record files in a bucket (`dataset.data_dir=gs://...`), read by Grain through
+    array_record's own Cloud Storage reader, as the local copy: cached, and streamed (eval
+    only here: an endless streamed train iterator keeps reading ahead in threads, which would
+    outlive the emulator at the end of the session)."""
+    from pathlib import Path
+
+    from etils import epath
+
+    for file in Path(data_dir).rglob("*"):
+        if file.is_file():
+            target = epath.Path(jaxforge_gcs_bucket) / file.relative_to(data_dir).as_posix()
+            target.write_bytes(file.read_bytes())
+    local, remote = tiny_source(data_dir), tiny_source(jaxforge_gcs_bucket)
+    assert remote.metadata == local.metadata
+    batches = [remote.train_iterator(), local.train_iterator()]
+    for _ in range(6):  # More than an epoch.
+        assert ids(next(batches[0])) == ids(next(batches[1]))
+    streamed = tiny_source(jaxforge_gcs_bucket, cache=False)
+    assert ([ids(b) for b in streamed.eval_batches()] == [ids(b) for b in remote.eval_batches()]
+            == [ids(b) for b in local.eval_batches()])
+
+
 @pytest.mark.parametrize("num_workers, cache", [(0, True), (2, False)])
 def test_restored_iterator_continues_exactly_mid_epoch(data_dir, num_workers, cache):
     iterator = tiny_source(data_dir, num_workers=num_workers, cache=cache).train_iterator()

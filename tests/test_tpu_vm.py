@@ -41,7 +41,7 @@ def test_install_copies_this_checkout_to_every_worker(capsys):
         "--project=my-project --worker=all",
         "gcloud compute tpus tpu-vm ssh pod --zone=us-west4-a --project=my-project --worker=all "
         "--command 'rm -rf jaxforge && tar xzf jaxforge.tar.gz && "
-        "python3 -m pip install -e \"./jaxforge[tpu]\"'"]
+        "python3 -m pip install -e \"./jaxforge[tpu,gcs]\"'"]
 
 
 def test_train_runs_on_all_workers_with_overrides(capsys):

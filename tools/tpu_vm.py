@@ -50,7 +50,7 @@ def commands(args: argparse.Namespace, overrides: Sequence[str] = ()) -> list[li
              f"--zone={args.zone}", *([f"--project={args.project}"] if args.project else []),
              "--worker=all"],
             _on_all_workers(args, f"rm -rf {REMOTE_DIR} && tar xzf {ARCHIVE} && "
-                                  f'python3 -m pip install -e "./{REMOTE_DIR}[tpu]"'),
+                                  f'python3 -m pip install -e "./{REMOTE_DIR}[tpu,gcs]"'),
         ]
     if args.action == "doctor":
         return [_on_all_workers(args, f"cd {REMOTE_DIR} && python3 -m framework.cli doctor")]
@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", default="v2-alpha-tpuv5-lite",
                         help="TPU software version matching the type (default: %(default)s)")
     parser.add_argument("--config", help="train: experiment file, relative to the checkout")
-    parser.add_argument("--workdir", help="train: run directory; on a pod slice, a directory "
-                                          "every worker shares")
+    parser.add_argument("--workdir", help="train: run directory; on a pod slice, a gs:// URL "
+                                          "(the workers share no file system)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser
 

@@ -8,6 +8,9 @@ exactly the batches it would have read. Splits that fit in memory are decoded on
 (`cache`); larger ones are streamed from the files. Input shape and number of classes come from the
 dataset's `DatasetInfo`; split sizes from the prepared files.
 
+`data_dir` may be a bucket (`gs://BUCKET/tensorflow_datasets`): array_record reads the files
+through its own Cloud Storage client (credentials from the environment, as on a TPU VM).
+
 Without network access, prepare the dataset once elsewhere
 (`tfds build NAME --file_format=array_record --data_dir DIR`) and pass `data_dir`. A dataset
 prepared only as tfrecord is read through `tfds.load` into memory when TensorFlow is installed
@@ -33,8 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
     return framework.fields(
         tfds_name=("mnist", "The TFDS dataset, e.g. mnist, fashion_mnist, cifar10; "
                             "\"name:version\" works too."),
-        data_dir=("", "Where TFDS keeps prepared datasets; empty: TFDS's default "
-                      "(~/tensorflow_datasets or $TFDS_DATA_DIR)."),
+        data_dir=("", "Where TFDS keeps prepared datasets, a directory or gs:// URL; empty: "
+                      "TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)."),
         download=(True, "Download and prepare (as array_record) when not there yet."),
         train_split=("train", "The train split: any TFDS split expression, e.g. "
                               "\"train[:90%]\"."),
