@@ -225,3 +225,27 @@ def test_a_plugins_malformed_logical_axis_rule_is_named_as_the_plugins(lm_plugin
           pytest.raises(framework.ConfigError, match="the model plugin's logical_axis_rules"
                                                      "\\[0\\]=\\('heads', 'tensor'\\)")):
         param_specs(lm_config(model={"name": "broken_lm"}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [{"data": 2, "model": 4}])
+def test_a_tensor_parallel_checkpoint_resumes_under_another_mesh(tmp_path, lm_plugins, mesh):
+    def run(workdir, mesh, steps):
+        config = lm_config(model={"num_heads": 4, "head_dim": 8},
+                           mesh={**mesh, "fsdp_min_size": 1}, checkpoint={"every_steps": 4},
+                           train={"num_steps": steps, "log_every_steps": 2,
+                                  "eval_every_steps": 0})
+        return framework.train(framework.resolve_config(config), workdir,
+                               allow_config_change=True)
+
+    tp = {"data": 2, "fsdp": 2, "model": 2}
+    run(tmp_path / "straight", tp, 8)
+    run(tmp_path / "moved", tp, 4)
+    assert run(tmp_path / "moved", mesh, 8)["resumed_from_step"] == 4
+    experiment, moved, _ = loop.restore(tmp_path / "moved")
+    assert dict(experiment.mesh.shape) == {"data": 1, "fsdp": 1, "model": 1, **mesh}
+    query = moved.params["layers_0"]["attention"]["query"]["kernel"]
+    assert query.sharding.shard_shape(query.shape) == (32, 4 // mesh.get("model", 1), 8)
+    straight = loop.restore(tmp_path / "straight")[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(moved.params), jax.device_get(straight.params))

@@ -2,6 +2,7 @@
 logical axes, the conformance checks, tensor parallelism on `model`, bad patch sizes."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -101,6 +102,10 @@ def test_tensor_parallel_training_splits_heads_and_mlp_over_model_and_matches_on
     assert attention["out"]["kernel"].sharding.spec == P("model", None, "fsdp")
     assert block["MlpBlock_0"]["Dense_0"]["kernel"].sharding.spec == P("fsdp", "model")
     assert block["MlpBlock_0"]["Dense_1"]["kernel"].sharding.spec == P("model", "fsdp")
+    table = (tmp_path / "tp" / "parameters.txt").read_text()
+    assert re.search(r"MultiHeadDotProductAttention_0/query/kernel +\(32, 2, 16\) +float32 +"
+                     r"1,024 +\('fsdp', 'model', None\)", table)
+    assert re.search(r"MlpBlock_0/Dense_1/kernel +\(128, 32\) .* \('model', 'fsdp'\)", table)
     tp, one = ([json.loads(line) for line in
                 (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                for run in ("tp", "one"))
