@@ -78,6 +78,10 @@ def test_run_needs_a_workdir_on_cloud_storage(capsys):
     with pytest.raises(SystemExit):
         tpu_vm.main(["run", *TARGET, "--config=experiments/digits_cnn.py", "--workdir=runs/a"])
     assert "run needs a --workdir gs://BUCKET/RUN" in capsys.readouterr().err
+    printed = dry_run(capsys, "run", "--spot", "--config=experiments/digits_cnn.py",
+                      "--workdir=gs://b/run")
+    assert printed[0].startswith("gcloud compute tpus tpu-vm create pod ")
+    assert printed[0].endswith(" --spot") and "--workdir=gs://b/run" in printed[-1]
 
 
 # A stand-in for `gcloud` (and `git`): logs its arguments, keeps the TPU VM's state in a file and
