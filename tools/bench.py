@@ -100,9 +100,9 @@ CASES = {  # The default: sized for a 2-core CPU.
                       10, 60, ()),
 }
 TRANSFORMER_CASES = {  # Not in the default: byte-level decoder LM, a small ViT on 32x32x3.
-    "lm": Case(_lm(128, 2, 4, 384, 64), (64,), 8, 10, 60, (), dataset=TOKENS, num_classes=256,
+    "lm": Case(_lm(128, 2, 4, 384, 64), (64,), 8, 10, 210, (), dataset=TOKENS, num_classes=256,
                unit="tokens"),
-    "vit": Case(_vit(4, 64, 2, 2, 256), (32, 32, 3), 32, 10, 60, (), unit="images"),
+    "vit": Case(_vit(4, 64, 2, 2, 256), (32, 32, 3), 32, 10, 110, (), unit="images"),
 }
 ACCELERATOR_CASES = {  # For a GPU or TPU: the tutorial CNN at a large batch, ResNet-18 in bf16.
     "cnn@8192": Case({"name": "cnn"}, (28, 28, 1), 8192, 20, 220, (4,), num_train=16384),
