@@ -79,7 +79,7 @@ class Case:
 
 
 def _lm(width: int, depth: int, num_heads: int, mlp_dim: int, seq_len: int) -> dict[str, Any]:
-    """The `transformer_lm` plugin's section; heads of 64 features (128 from width 1024)."""
+    """The `transformer_lm` plugin's section, with head_dim = width / num_heads."""
     return {"name": "transformer_lm", "width": width, "depth": depth, "num_heads": num_heads,
             "head_dim": width // num_heads, "mlp_dim": mlp_dim, "max_len": seq_len}
 
