@@ -29,6 +29,8 @@ compilation cache (`JAX_COMPILATION_CACHE_DIR`).
     python tools/bench.py [--cases cnn@64,mlp@64] [--repeats 3] [--json bench.json]
     python tools/bench.py --cases cnn@8192,resnet18@224 --skip keras --no-startup \
         --peak-tflops 989   # On one H200: its dense bfloat16 peak.
+    python tools/bench.py --cases lm,vit         # Transformers: also tokens or images per second.
+    python tools/bench.py --cases lm@gpu,vit_b16@224 --no-startup --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+NUM_CLASSES = 10
+TOKENS = "bench_tokens"  # The dataset of the language-model cases, registered in-process.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,28 @@ class Case:
     dispatch: tuple[int, ...]  # Candidate `train.steps_per_dispatch` for `jaxforge_best`.
     precision: str = "float32"  # `train.precision`: the compute dtype of every JAX side.
     num_train: int = 4096  # Synthetic training examples, cycled through.
+    dataset: str = "synthetic"  # `synthetic` images, or TOKENS: random token sequences.
+    num_classes: int = NUM_CLASSES  # Classes, or the vocabulary of TOKENS.
+    unit: str = ""  # `tokens` or `images`: also print them per second (Transformer cases).
+
+    @property
+    def per_step(self) -> int:
+        """Tokens or images a step trains on."""
+        return self.batch * (self.shape[0] if self.dataset == TOKENS else 1)
+
+
+def _lm(width: int, depth: int, num_heads: int, mlp_dim: int, seq_len: int) -> dict[str, Any]:
+    """The `transformer_lm` plugin's section, with head_dim = width / num_heads."""
+    return {"name": "transformer_lm", "width": width, "depth": depth, "num_heads": num_heads,
+            "head_dim": width // num_heads, "mlp_dim": mlp_dim, "max_len": seq_len}
+
+
+def _vit(patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int
+         ) -> dict[str, Any]:
+    """The `vit` plugin's section: global-average pooling, learned position embeddings."""
+    return {"name": "vit", "patch_size": patch_size, "width": width, "depth": depth,
+            "num_heads": num_heads, "mlp_dim": mlp_dim, "pool": "gap",
+            "position_embedding": "learned"}
 
 
 CASES = {  # The default: sized for a 2-core CPU.
@@ -73,14 +99,25 @@ CASES = {  # The default: sized for a 2-core CPU.
     "resnet@64": Case({"name": "resnet", "stage_sizes": (1, 1, 1), "width": 16}, (32, 32, 3), 64,
                       10, 60, ()),
 }
+TRANSFORMER_CASES = {  # Not in the default: byte-level decoder LM, a small ViT on 32x32x3.
+    "lm": Case(_lm(128, 2, 4, 384, 64), (64,), 8, 10, 210, (), dataset=TOKENS, num_classes=256,
+               unit="tokens"),
+    "vit": Case(_vit(4, 64, 2, 2, 256), (32, 32, 3), 32, 10, 110, (), unit="images"),
+}
 ACCELERATOR_CASES = {  # For a GPU or TPU: the tutorial CNN at a large batch, ResNet-18 in bf16.
     "cnn@8192": Case({"name": "cnn"}, (28, 28, 1), 8192, 20, 220, (4,), num_train=16384),
     "resnet18@224": Case({"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64,
                           "stem": "imagenet"}, (224, 224, 3), 256, 5, 45, (),
                          precision="bfloat16", num_train=512),
+    # A 1024-wide, 8-block LM (~100M parameters without the embedding) on 1024-token sequences
+    # of a 32k vocabulary; ViT-B/16 at 224x224. Both bfloat16.
+    "lm@gpu": Case(_lm(1024, 8, 8, 2816, 1024), (1024,), 32, 5, 45, (4,), precision="bfloat16",
+                   num_train=512, dataset=TOKENS, num_classes=32768, unit="tokens"),
+    "vit_b16@224": Case(_vit(16, 768, 12, 12, 3072), (224, 224, 3), 256, 5, 45, (),
+                        precision="bfloat16", num_train=512, unit="images"),
 }
-ALL_CASES = {**CASES, **ACCELERATOR_CASES}
-NUM_CLASSES = 10
+ALL_CASES = {**CASES, **TRANSFORMER_CASES, **ACCELERATOR_CASES}
+KERAS_MODELS = ("cnn", "mlp", "resnet")  # Those `_keras_model` writes; the others skip Keras.
 
 
 def _on_accelerator() -> bool:
@@ -100,13 +137,42 @@ def _peak_rss_mib() -> float:
 
 # ------------------------------------------------------------------------ the sides (workers)
 
+def _random_tokens(config: Any, context: Any) -> Any:
+    """Uniform random token sequences; each example's labels are its inputs shifted by one."""
+    import numpy as np
+
+    import framework
+    rng = np.random.default_rng(config.data_seed)
+
+    def split(count: int) -> dict[str, Any]:
+        tokens = rng.integers(0, config.num_classes, (count, config.shape[0] + 1), np.int32)
+        return {"inputs": tokens[:, :-1], "label": tokens[:, 1:]}
+
+    metadata = framework.DatasetMetadata(
+        input_shape=tuple(config.shape), input_dtype="int32", target_shape=tuple(config.shape),
+        num_classes=config.num_classes, num_train=config.num_train, num_eval=config.num_eval)
+    return framework.ArraySource(split(config.num_train), split(config.num_eval), metadata,
+                                 config, context)
+
+
+def _register_token_dataset() -> None:
+    """Registers TOKENS in this process (the `synthetic` plugin gives float inputs only)."""
+    import framework
+    framework.registry.register("datasets", TOKENS, framework.Plugin(
+        build=_random_tokens, api_version=1, default_config=lambda: framework.fields(
+            shape=((128,), "Tokens per example."), num_classes=(256, "The vocabulary."),
+            num_train=(4096, "Train examples."), num_eval=(64, "Eval examples."),
+            data_seed=(0, "Seeds the tokens."))))
+
+
 def _jax_config(case: Case, steps: int, steps_per_dispatch: int) -> Any:
     import ml_collections
 
     import framework
+    _register_token_dataset()
     return framework.resolve_config(ml_collections.ConfigDict({
         "model": case.model,
-        "dataset": {"name": "synthetic", "shape": case.shape, "num_classes": NUM_CLASSES,
+        "dataset": {"name": case.dataset, "shape": case.shape, "num_classes": case.num_classes,
                     "num_train": case.num_train, "num_eval": case.batch,
                     "batch_size": case.batch},
         "optimizer": {"name": "adam", "learning_rate": 1e-3},
@@ -122,8 +188,9 @@ def _batches(case: Case, steps: int) -> tuple[Any, Any]:
     import numpy as np
 
     import framework
-    source = framework.registry.load("datasets", "synthetic").build(
-        _jax_config(case, steps, 1).dataset, framework.DataContext(seed=0))
+    config = _jax_config(case, steps, 1)
+    source = framework.registry.load("datasets", case.dataset).build(
+        config.dataset, framework.DataContext(seed=0))
     iterator = source.train_iterator()
     batches = [next(iterator) for _ in range(steps)]
     return (np.concatenate([b["inputs"] for b in batches]),
@@ -152,11 +219,12 @@ def handwritten_training(case: Case, config: Any, grad_norm: bool = False
     import optax
 
     import framework
-    source = framework.registry.load("datasets", "synthetic").build(
+    source = framework.registry.load("datasets", config.dataset.name).build(
         config.dataset, framework.DataContext(seed=0))
     module = framework.registry.load("models", config.model.name).build(
         config.model, source.metadata, jnp.dtype(case.precision))
-    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *case.shape)), train=False)
+    variables = module.init(jax.random.PRNGKey(0),
+                            jnp.zeros((1, *case.shape), source.metadata.input_dtype), train=False)
     params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     tx = optax.adam(1e-3, eps=1e-7)
 
@@ -164,7 +232,7 @@ def handwritten_training(case: Case, config: Any, grad_norm: bool = False
         def loss_fn(params):
             logits, updates = module.apply({"params": params, **extra}, inputs, train=True,
                                            mutable=list(extra))
-            loss = optax.softmax_cross_entropy_with_integer_labels(
+            loss = optax.softmax_cross_entropy_with_integer_labels(  # Per class or token.
                 logits.astype(jnp.float32), labels).mean()
             return loss, updates
 
@@ -251,8 +319,117 @@ def run_keras(case: Case, steps: int, steps_per_dispatch: int) -> float:
     return time.perf_counter() - start
 
 
+def _torch_lm(case: Case) -> Any:
+    """The `transformer_lm` plugin in PyTorch as LLaMA's reference code writes it: token
+    embedding, pre-norm blocks (RMSNorm, rotary queries and keys, causal
+    `scaled_dot_product_attention`, SwiGLU), final RMSNorm, logits from the embedding / sqrt(width).
+    """
+    import torch
+    from torch import nn
+    functional = nn.functional
+    m = case.model
+    width, heads, head_dim, half = m["width"], m["num_heads"], m["head_dim"], m["head_dim"] // 2
+    angles = torch.arange(case.shape[0], dtype=torch.float32)[:, None] * 10000.0 ** (
+        -torch.arange(half, dtype=torch.float32) / half)  # [T, half], as the plugin's `rotary`.
+
+    def rotary(x: Any, cos: Any, sin: Any) -> Any:  # [B, heads, T, head_dim]
+        first, second = x[..., :half].float(), x[..., half:].float()
+        return torch.cat([first * cos - second * sin, second * cos + first * sin], -1).to(x.dtype)
+
+    def linear(inputs: int, outputs: int) -> nn.Linear:
+        return nn.Linear(inputs, outputs, bias=False)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_norm = nn.RMSNorm(width, eps=1e-6)
+            self.query, self.key, self.value = (linear(width, heads * head_dim) for _ in range(3))
+            self.out = linear(heads * head_dim, width)
+            self.mlp_norm = nn.RMSNorm(width, eps=1e-6)
+            self.wi_gate, self.wi_up = linear(width, m["mlp_dim"]), linear(width, m["mlp_dim"])
+            self.wo = linear(m["mlp_dim"], width)
+
+        def forward(self, x: Any, cos: Any, sin: Any) -> Any:
+            batch, length, _ = x.shape
+            y = self.attention_norm(x)
+            q, k, v = (p(y).view(batch, length, heads, head_dim).transpose(1, 2)
+                       for p in (self.query, self.key, self.value))
+            y = functional.scaled_dot_product_attention(
+                rotary(q, cos, sin), rotary(k, cos, sin), v, is_causal=True)
+            x = x + self.out(y.transpose(1, 2).reshape(batch, length, heads * head_dim))
+            y = self.mlp_norm(x)
+            return x + self.wo(functional.silu(self.wi_gate(y)) * self.wi_up(y))
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(case.num_classes, width)
+            self.layers = nn.ModuleList(Block() for _ in range(m["depth"]))
+            self.final_norm = nn.RMSNorm(width, eps=1e-6)
+            self.register_buffer("cos", angles.cos(), persistent=False)
+            self.register_buffer("sin", angles.sin(), persistent=False)
+
+        def forward(self, tokens: Any) -> Any:
+            x = self.embedding(tokens)
+            for layer in self.layers:
+                x = layer(x, self.cos, self.sin)
+            return functional.linear(self.final_norm(x), self.embedding.weight) / width**0.5
+
+    return LM()
+
+
+def _torch_vit(case: Case) -> Any:
+    """The `vit` plugin in PyTorch (gap pooling, learned position embeddings): patch embedding
+    by a strided convolution, pre-norm blocks (LayerNorm, `scaled_dot_product_attention`,
+    tanh-approximated GELU as `flax.linen.gelu`), final LayerNorm, mean over patches, head."""
+    import torch
+    from torch import nn
+    functional = nn.functional
+    m = case.model
+    width, heads, patch = m["width"], m["num_heads"], m["patch_size"]
+    patches = (case.shape[0] // patch) * (case.shape[1] // patch)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm_1, self.norm_2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+            self.query, self.key, self.value, self.out = (nn.Linear(width, width)
+                                                          for _ in range(4))
+            self.mlp_in = nn.Linear(width, m["mlp_dim"])
+            self.mlp_out = nn.Linear(m["mlp_dim"], width)
+
+        def forward(self, x: Any) -> Any:
+            batch, length, _ = x.shape
+            y = self.norm_1(x)
+            q, k, v = (p(y).view(batch, length, heads, width // heads).transpose(1, 2)
+                       for p in (self.query, self.key, self.value))
+            y = functional.scaled_dot_product_attention(q, k, v)
+            x = x + self.out(y.transpose(1, 2).reshape(batch, length, width))
+            y = functional.gelu(self.mlp_in(self.norm_2(x)), approximate="tanh")
+            return x + self.mlp_out(y)
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Conv2d(case.shape[-1], width, patch, patch)
+            self.pos_embedding = nn.Parameter(torch.randn(1, patches, width) / width**0.5)
+            self.blocks = nn.Sequential(*(Block() for _ in range(m["depth"])))
+            self.encoder_norm = nn.LayerNorm(width, eps=1e-6)
+            self.head = nn.Linear(width, case.num_classes)
+
+        def forward(self, images: Any) -> Any:  # [B, C, H, W]
+            x = self.embedding(images).flatten(2).transpose(1, 2) + self.pos_embedding
+            return self.head(self.encoder_norm(self.blocks(x)).mean(1))
+
+    return ViT()
+
+
 def _torch_model(case: Case) -> Any:
     from torch import nn
+    if case.model["name"] == "transformer_lm":
+        return _torch_lm(case)
+    if case.model["name"] == "vit":
+        return _torch_vit(case)
     if case.model["name"] == "cnn":
         height, width, channels = case.shape
         flat = 32 * ((height - 2) // 2) * ((width - 2) // 2)
@@ -298,13 +475,17 @@ def run_torch(case: Case, steps: int, steps_per_dispatch: int) -> float:
     """The PyTorch tutorial loop: zero_grad, forward, loss, backward, step; no sync per step.
 
     On a GPU, as its performance guide recommends: channels-last images, bfloat16 autocast when
-    the case computes in bfloat16, each batch copied to the device as the step needs it."""
+    the case computes in bfloat16, each batch copied to the device as the step needs it.
+    Token sequences: the loss over every token, as the JAX sides'."""
     import torch
     inputs, labels = _batches(case, steps)
-    inputs = torch.from_numpy(inputs).permute(0, 3, 1, 2)  # NHWC -> NCHW, as PyTorch indexes.
+    images = inputs.ndim == 4
+    inputs = torch.from_numpy(inputs)  # Images NHWC -> NCHW, as PyTorch indexes them.
+    inputs = inputs.permute(0, 3, 1, 2) if images else inputs.long()
     labels = torch.from_numpy(labels).long()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    memory_format = (torch.channels_last if device.type == "cuda" and images
+                     else torch.contiguous_format)
     inputs = inputs.contiguous(memory_format=memory_format)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=case.precision == "bfloat16")
     start = time.perf_counter()
@@ -316,7 +497,8 @@ def run_torch(case: Case, steps: int, steps_per_dispatch: int) -> float:
         rows = slice(i * case.batch, (i + 1) * case.batch)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_fn(model(inputs[rows].to(device)), labels[rows].to(device))
+            logits = model(inputs[rows].to(device))
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), labels[rows].to(device).flatten())
         loss.backward()
         optimizer.step()
     loss.item()
@@ -419,6 +601,7 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
     """Median steps/s of every column over interleaved repeats, ratios, peak memory, and the
     TFLOP/s they achieve at XLA's count of the model's operations per step."""
     case = ALL_CASES[case_name]
+    sides = [s for s in sides if s != "keras" or case.model["name"] in KERAS_MODELS]
     columns = {side: (side, 1) for side in sides}
     columns.update({f"jaxforge_k{k}": ("jaxforge", k) for k in case.dispatch})
     seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
@@ -455,6 +638,10 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
         "peak_mib": peaks, "imports_mib": imports_mib,
         "spread": {c: (max(v) - min(v)) / statistics.median(v)
                    for c, v in seconds_per_step.items()},
+        **({"unit": case.unit, "per_sec": {  # Tokens or images per second.
+            c: r * case.per_step for c, r in
+            {**rates, "device_resident": cost["device_resident_steps_per_sec"]}.items()}}
+           if case.unit else {}),
     }
 
 
@@ -503,7 +690,7 @@ def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
     print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns) + f"{'best k':>8s}")
     for name, case in results["cases"].items():
         cells = [f"{case['steps_per_sec'][c]:.1f} ({case['ratio_to_handwritten'][c]:.2f}x)"
-                 for c in columns]
+                 if c in case["steps_per_sec"] else "-" for c in columns]
         print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells)
               + f"{case['best_steps_per_dispatch']:>8d}")
     print("TFLOP/s at XLA's count of the hand-written step's operations; device_resident: that"
@@ -523,8 +710,9 @@ def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
     print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns))
     for name, case in results["cases"].items():
         cells = [f"{case['peak_mib'][c]:.0f} ({case['imports_mib'][c]:.0f})"
-                 for c in columns]
+                 if c in case["peak_mib"] else "-" for c in columns]
         print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells))
+    _print_throughput(results, columns)
     startup = results.get("startup")
     if startup is None:
         return
@@ -534,11 +722,27 @@ def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
           f"{startup['train_one_step_cached_s']:.2f} s with a warm compilation cache")
 
 
+def _print_throughput(results: dict[str, Any], columns: list[str]) -> None:
+    """Tokens or images per second of the cases that count them (the Transformer cases)."""
+    counted = {name: case for name, case in results["cases"].items() if "unit" in case}
+    if not counted:
+        return
+    print("tokens or images per second; device_resident: the hand-written step on one batch "
+          "already on the device")
+    columns = [*columns, "device_resident"]
+    print(f"{'case':11s}{'unit':>8s}" + "".join(f"{c:>16s}" for c in columns))
+    for name, case in counted.items():
+        cells = [f"{case['per_sec'][c]:.4g}" if c in case["per_sec"] else "-" for c in columns]
+        print(f"{name:11s}{case['unit']:>8s}" + "".join(f"{cell:>16s}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"of {', '.join(ALL_CASES)}; "
-                             f"{', '.join(ACCELERATOR_CASES)} are sized for a GPU or TPU")
+                             f"{', '.join(ACCELERATOR_CASES)} are sized for a GPU or TPU; "
+                             f"{', '.join(TRANSFORMER_CASES)} (Transformers, CPU-sized) are "
+                             f"not in the default")
     parser.add_argument("--skip", default="", help="installed sides to leave out: keras,torch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)

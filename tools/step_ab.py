@@ -9,10 +9,12 @@ the median over rounds of each variant's time relative to the hand-written step 
     hand+grad_norm  the same, also adding `optax.tree.norm(grads)` to its metric: the extra
                     pass over the gradients that jaxforge's metrics and non-finite guard need
     jaxforge        the train step exactly as the loop compiles it (k=1)
+    torch           with `--torch`: the bench's PyTorch model and step (eager, Adam), on the
+                    same batch; its threads as torch sets them (`OMP_NUM_THREADS`)
 
 Both sides get the batch already on the device, so the data feed is left out.
 
-    python tools/step_ab.py [--case mlp@64] [--rounds 40] [--block 50]
+    python tools/step_ab.py [--case mlp@64] [--rounds 40] [--block 50] [--torch]
 """
 
 from __future__ import annotations
@@ -66,17 +68,41 @@ def jaxforge_blocks(experiment: Any, block: int) -> Iterator[float]:
         yield time.perf_counter() - start
 
 
+def torch_blocks(experiment: Any, case: bench.Case, block: int) -> Iterator[float]:
+    """Seconds per `block` steps of the bench's PyTorch step (`bench.run_torch`'s) on one batch."""
+    import torch
+    batch = next(experiment.data.train_iterator())
+    inputs = torch.from_numpy(np.asarray(batch["inputs"]))
+    inputs = inputs.permute(0, 3, 1, 2).contiguous() if inputs.ndim == 4 else inputs.long()
+    labels = torch.from_numpy(np.asarray(batch["label"])).long().flatten()
+    model = bench._torch_model(case)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    while True:
+        start = time.perf_counter()
+        for _ in range(block):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels)
+            loss.backward()
+            optimizer.step()
+        loss.item()
+        yield time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="mlp@64", choices=list(bench.ALL_CASES))
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--block", type=int, default=50)
+    parser.add_argument("--torch", action="store_true", help="also the PyTorch step")
     args = parser.parse_args()
     case = bench.ALL_CASES[args.case]
     experiment = loop.set_up(bench._jax_config(case, 100, 1))
     variants = {"hand": handwritten_blocks(experiment, case, False, args.block),
                 "hand+grad_norm": handwritten_blocks(experiment, case, True, args.block),
                 "jaxforge": jaxforge_blocks(experiment, args.block)}
+    if args.torch:
+        variants["torch"] = torch_blocks(experiment, case, args.block)
     for blocks in variants.values():  # Compile and warm up.
         next(blocks)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
