@@ -82,7 +82,11 @@ class ReadExamples:
         self.source, self.image_key, self.label_key = source, image_key, label_key
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        examples = self.source.__getitems__([int(i) for i in indices])
+        keys = [int(i) for i in indices]
+        try:  # One read for the batch: about a third faster than one read per example.
+            examples = self.source.__getitems__(keys)
+        except TypeError:  # `tfds.testing.mock_data`'s sources read one example at a time only.
+            examples = [self.source[key] for key in keys]
         return {"inputs": np.stack([e[self.image_key] for e in examples]),
                 "label": np.asarray([e[self.label_key] for e in examples], np.int32)}
 
