@@ -82,8 +82,9 @@ class LoadedModel:
 
         `inputs` are examples as the dataset yields them: `(N, *metadata.input_shape)` of
         `metadata.input_dtype` (stored pixels, uint8, for a dataset that normalises on the
-        device: they are normalised here as in training). They run in batches of `batch_size` (default: the run's eval
-        batch size, rounded up to a multiple of the mesh's batch shards), the last one padded.
+        device: they are normalised here as in training). They run in batches of `batch_size`
+        (default: the run's eval batch size, rounded up to a multiple of the mesh's batch
+        shards), the last one padded.
         """
         inputs = self.check_inputs(inputs)
         count = len(inputs)

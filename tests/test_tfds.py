@@ -196,7 +196,6 @@ def uint8_and_float_runs(data_dir, tmp_path_factory):
               "eval_batch_size": 8}
 
     def host_floats(config, context):
-        source = framework.registry.load("datasets", "tfds").build(config, context)
         splits = []
         for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST)):
             arrays = read_split(ReadExamples(tfds.data_source("tiny_images", split=split,
