@@ -250,3 +250,15 @@ def test_predict_export_and_evaluate_agree_on_stored_pixels(uint8_and_float_runs
     host = framework.load(uint8_and_float_runs["float"][1])  # Floats normalised on the host.
     host_inputs, _ = host.eval_split()
     np.testing.assert_allclose(host.predict(host_inputs), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_on_stored_pixels_passes_the_model_conformance_checks(data_dir):
+    from framework.testing import check_plugin, tiny_config
+
+    experiment = tiny_config(
+        dataset={"name": "tfds", "tfds_name": "tiny_images", "data_dir": data_dir,
+                 "download": False, "batch_size": 8, "eval_batch_size": 4},
+        model={"name": "cnn", "conv_features": (4,), "dense_features": (8,)})
+    model = framework.registry.load("models", "cnn")  # Built for float inputs, fed uint8 data.
+    results = check_plugin("models", model, experiment)
+    assert results and all(r.status != "fail" for r in results)
