@@ -163,40 +163,53 @@ def eval_positions(indices: np.ndarray, global_batch: int, local_batch: int,
     return np.where(mask, positions, 0), mask
 
 
+class EpochOrder:
+    """The endless stream of example positions: epoch e is a permutation of the split drawn from
+    `[seed, e]` (or the split in order, without `shuffle`). Slices of it are vectorised numpy, so
+    a batch of positions costs no Python per example. Picklable (Grain's worker processes)."""
+
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True) -> None:
+        self.num_examples, self.seed, self.shuffle = num_examples, seed, shuffle
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        cache = self._cache  # One read: reader threads may replace it meanwhile.
+        if cache is None or cache[0] != epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            else:
+                order = np.arange(self.num_examples)
+            cache = self._cache = (epoch, order)
+        return cache[1]
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """Positions [start, start + count) of the stream, across epoch ends."""
+        chunks = []
+        while count > 0:
+            epoch, offset = divmod(start, self.num_examples)
+            size = min(count, self.num_examples - offset)
+            chunks.append(self.permutation(epoch)[offset:offset + size])
+            start, count = start + size, count - size
+        return np.concatenate(chunks)
+
+
 class ArrayTrainIterator:
     """Global batch k holds positions [k*B, (k+1)*B) of the concatenated epoch permutations."""
 
     def __init__(self, arrays: Batch, global_batch_size: int, context: DataContext) -> None:
         self._arrays = arrays
-        self._num_examples = len(next(iter(arrays.values())))
+        self._order = EpochOrder(len(next(iter(arrays.values()))), context.seed)
         self._global_batch_size = global_batch_size
         self._local = local_batch_size(global_batch_size, context, "dataset.batch_size")
         self._offset = context.process_index * self._local
-        self._seed = context.seed
         self._next_batch = 0
-        self._permutation_cache: tuple[int, np.ndarray] | None = None
 
     def __iter__(self) -> ArrayTrainIterator:
         return self
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._permutation_cache is None or self._permutation_cache[0] != epoch:
-            rng = np.random.default_rng([self._seed, epoch])
-            self._permutation_cache = (epoch, rng.permutation(self._num_examples))
-        return self._permutation_cache[1]
-
-    def _indices(self, start: int, count: int) -> np.ndarray:
-        chunks = []
-        while count > 0:
-            epoch, offset = divmod(start, self._num_examples)
-            take = min(count, self._num_examples - offset)
-            chunks.append(self._permutation(epoch)[offset:offset + take])
-            start, count = start + take, count - take
-        return np.concatenate(chunks)
-
     def __next__(self) -> Batch:
         start = self._next_batch * self._global_batch_size + self._offset
-        indices = self._indices(start, self._local)
+        indices = self._order.take(start, self._local)
         self._next_batch += 1
         return {key: value[indices] for key, value in self._arrays.items()}
 

@@ -2,7 +2,10 @@
 
 The eval-mode forward pass is serialized with `jax.export`, its parameters closed over as
 constants and its batch dimension symbolic, so the file is one function `inputs -> logits` for
-any batch size. Loading it needs JAX only:
+any batch size. It takes inputs as the run's dataset yields them (`metadata.input_dtype`): for a
+dataset that normalises on the device (`DatasetMetadata.normalize`, e.g. the `tfds` plugin's
+uint8 images) the stored pixels, normalised inside the exported function. Loading it needs JAX
+only:
 
     exported = jax.export.deserialize(bytearray(open("model.jaxexport", "rb").read()))
     logits = exported.call(inputs)  # inputs: exported.in_avals[0], any batch size
@@ -37,7 +40,7 @@ def export_model(loaded: LoadedModel,
     check_platforms(platforms)
     # Host copies: constants in the exported module, not arrays placed on this run's mesh.
     params, model_state = jax.device_get((loaded.params, loaded.model_state))
-    forward = forward_fn(loaded.model)
+    forward = forward_fn(loaded.model, loaded.metadata.normalize)
 
     def logits(inputs: jax.Array) -> jax.Array:  # float32, as `LoadedModel.predict` gives.
         return jax.tree.map(lambda x: x.astype(np.float32),

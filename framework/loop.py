@@ -46,6 +46,7 @@ from framework.metrics import (
     write_json,
 )
 from framework.model import Model, build_model
+from framework.normalization import model_metadata, normalizing
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
 from framework.preemption import StopSignal
@@ -93,7 +94,7 @@ def set_up(config: ml_collections.ConfigDict) -> Setup:
     context = DataContext(seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count())
     data = registry.load(kinds.DATASETS, config.dataset.name).build(config.dataset, context)
-    metadata = data.metadata
+    metadata = model_metadata(data.metadata)  # Float inputs where normalised on the device.
     mesh_lib.check_batch_fits(config.dataset.batch_size, mesh, "dataset.batch_size")
     if config.train.accumulation_steps > 1:
         mesh_lib.check_batch_fits(config.dataset.batch_size // config.train.accumulation_steps,
@@ -202,15 +203,15 @@ def _jit_train_step(setup: Setup) -> Any:
     options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
                           train_cfg.on_nonfinite, unroll=default_unroll())
     replicated = mesh_lib.replicated(setup.mesh)
-    return jax.jit(make_train_step(setup.model, setup.tx, setup.penalties,
-                                   setup.augmentations, options), donate_argnums=(0,),
+    step = make_train_step(setup.model, setup.tx, setup.penalties, setup.augmentations, options)
+    return jax.jit(normalizing(step, setup.data.metadata.normalize), donate_argnums=(0,),
                    in_shardings=(setup.state_sharding, replicated,
                                  mesh_lib.batch_sharding(setup.mesh, stacked=True)),
                    out_shardings=(setup.state_sharding, replicated))
 
 
 def _jit_eval_step(setup: Setup) -> Any:
-    return jax.jit(make_eval_step(setup.model))
+    return jax.jit(normalizing(make_eval_step(setup.model), setup.data.metadata.normalize))
 
 
 def _abstract_state(setup: Setup) -> Any:

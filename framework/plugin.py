@@ -80,6 +80,18 @@ class Plugin:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputNormalization:
+    """Inputs stored as integers (uint8 pixels) and normalised on the device, inside the compiled
+    train and eval steps (before augmentations): `(inputs / scale - mean) / std` in float32, `mean`
+    and `std` per channel (the last axis) or one value. Four times fewer bytes cross to the device
+    than float32 pixels, and no Python runs per example on the host."""
+
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetMetadata:
     """What a dataset promises about its examples; models are built from it."""
 
@@ -92,6 +104,9 @@ class DatasetMetadata:
     input_dtype: str = "float32"
     target_shape: tuple[int, ...] = ()  # One example's `label`: () a class, (T,) T tokens.
     target_dtype: str = "int32"  # An integer dtype for classes and tokens, a float for values.
+    # Batches hold `inputs` of input_dtype (e.g. uint8) that the trainer normalises on the device;
+    # the model then sees float32 inputs (see `framework.normalization`). None: as they are.
+    normalize: InputNormalization | None = None
 
 
 @dataclasses.dataclass(frozen=True)

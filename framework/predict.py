@@ -24,15 +24,18 @@ from framework import mesh as mesh_lib
 from framework.data import DataSource
 from framework.errors import JaxforgeError
 from framework.model import Model
-from framework.plugin import DatasetMetadata
+from framework.normalization import normalize
+from framework.plugin import DatasetMetadata, InputNormalization
 
 
-def forward_fn(model: Model) -> Callable[[Any, dict[str, Any], jax.Array], Any]:
+def forward_fn(model: Model, normalization: InputNormalization | None = None
+               ) -> Callable[[Any, dict[str, Any], jax.Array], Any]:
     """`(params, model_state, inputs) -> outputs`: the model in eval mode, as the eval step
-    calls it."""
+    calls it (inputs as the dataset yields them, normalised first where it declares that)."""
 
     def forward(params: Any, model_state: dict[str, Any], inputs: jax.Array) -> Any:
-        outputs, _ = model.apply({"params": params, **model_state}, inputs, train=False)
+        outputs, _ = model.apply({"params": params, **model_state},
+                                 normalize(inputs, normalization), train=False)
         return outputs
 
     return forward
@@ -55,7 +58,7 @@ class LoadedModel:
     _forward: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._forward = jax.jit(forward_fn(self.model))
+        self._forward = jax.jit(forward_fn(self.model, self.metadata.normalize))
 
     @property
     def batch_shards(self) -> int:
@@ -78,8 +81,10 @@ class LoadedModel:
         mode.
 
         `inputs` are examples as the dataset yields them: `(N, *metadata.input_shape)` of
-        `metadata.input_dtype`. They run in batches of `batch_size` (default: the run's eval
-        batch size, rounded up to a multiple of the mesh's batch shards), the last one padded.
+        `metadata.input_dtype` (stored pixels, uint8, for a dataset that normalises on the
+        device: they are normalised here as in training). They run in batches of `batch_size`
+        (default: the run's eval batch size, rounded up to a multiple of the mesh's batch
+        shards), the last one padded.
         """
         inputs = self.check_inputs(inputs)
         count = len(inputs)

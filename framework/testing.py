@@ -50,6 +50,7 @@ from framework.kinds import (
 )
 from framework.loss import build_loss, is_weighted
 from framework.model import Model, build_model
+from framework.normalization import model_metadata, normalize_batch
 from framework.plugin import Callback, DataContext, DatasetMetadata
 from framework.registry import (
     KINDS,
@@ -249,8 +250,10 @@ class Subject:
 
     @functools.cached_property
     def batch(self) -> dict[str, np.ndarray]:
-        """The experiment's first local train batch."""
-        return next(self.build_dataset().train_iterator())
+        """The experiment's first local train batch, as the model sees it (inputs normalised
+        where the dataset declares `normalize`)."""
+        batch = next(self.build_dataset().train_iterator())
+        return jax.tree.map(np.asarray, normalize_batch(batch, self.metadata.normalize))
 
     @property
     def model_plugin(self) -> Any:
@@ -262,10 +265,11 @@ class Subject:
         """The experiment's loss as the trainer builds it (None: the model plugin's own)."""
         loss_plugin = self.plugin if self.kind_spec is LOSSES else None
         with self.registered():
-            return build_loss(self.model_plugin, self.config, self.metadata, loss_plugin)
+            return build_loss(self.model_plugin, self.config, model_metadata(self.metadata),
+                              loss_plugin)
 
     def build_model(self, dtype: Any = jnp.float32) -> Model:
-        return build_model(self.model_plugin, self.config.model, self.metadata,
+        return build_model(self.model_plugin, self.config.model, model_metadata(self.metadata),
                            jnp.dtype(dtype),
                            self.label if self.kind_spec is MODELS else self.config.model.name,
                            self.loss)
@@ -551,7 +555,7 @@ def _model_convert_weights(subject: Subject) -> None:
     example = getattr(subject.plugin, "convert_weights_example", None)
     _require(callable(example), "The plugin has convert_weights but no "
              "convert_weights_example(config, metadata) giving tensors to convert.")
-    converted = convert(dict(example(subject.config.model, subject.metadata)))
+    converted = convert(dict(example(subject.config.model, model_metadata(subject.metadata))))
     _require(isinstance(converted, dict) and converted,
              f"convert_weights returned {type(converted).__name__} "
              f"{'(empty)' if converted == {} else ''}; it returns a dict of name -> array.")
@@ -747,7 +751,7 @@ def _dataset_restorable(subject: Subject) -> None:
 def _built_loss(subject: Subject) -> Any:
     """The loss under check, built for the experiment's data; skipped where it does not fit."""
     try:
-        return subject.plugin.build(subject.section, subject.metadata)
+        return subject.plugin.build(subject.section, model_metadata(subject.metadata))
     except config_lib.ConfigError as error:
         raise CheckSkipped(f"The loss does not apply to this experiment's data ({error}); "
                            "check it in an experiment whose dataset it fits.") from error

@@ -164,8 +164,7 @@ def test_mnist_experiment_trains_on_tfds_mock_data(tmp_path):
     assert source.metadata.input_shape == (28, 28, 1) and source.metadata.num_classes == 10
     assert source.metadata.num_train == 128 and source.metadata.num_eval == 128
     batch = next(source.train_iterator())
-    assert batch["inputs"].dtype == np.float32 and batch["inputs"].shape == (64, 28, 28, 1)
-    assert batch["inputs"].min() >= 0.0 and batch["inputs"].max() <= 1.0
+    assert batch["inputs"].dtype == np.uint8 and batch["inputs"].shape == (64, 28, 28, 1)
     assert batch["label"].max() < 10
     assert summary["steps"] == 8 and np.isfinite(summary["final"]["eval/loss"])
 
@@ -179,3 +178,110 @@ def test_unreadable_dataset_says_how_to_prepare_it(tmp_path):
     assert "Cannot read TFDS dataset 'mnist' split 'train'" in message
     assert "tfds build mnist --file_format=array_record --data_dir DIR" in message
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_batches_hold_the_stored_uint8_pixels_and_say_how_to_normalise_them(data_dir):
+    source = tiny_source(data_dir, normalize="mean_std", mean=(0.5,), std=(0.25,))
+    assert source.metadata.input_dtype == "uint8"
+    assert source.metadata.normalize == framework.InputNormalization(mean=(0.5,), std=(0.25,))
+    for cache in (True, False):  # What crosses to the device: the stored bytes.
+        source = tiny_source(data_dir, cache=cache)
+        assert next(source.train_iterator())["inputs"].dtype == np.uint8
+        assert next(source.eval_batches())["inputs"].dtype == np.uint8
+
+
+def test_the_same_examples_in_memory_give_the_same_batches(data_dir):
+    from plugins.datasets.tfds_source import ReadExamples, read_split
+
+    source = tiny_source(data_dir)
+    arrays = [read_split(ReadExamples(tfds.data_source("tiny_images", split=split,
+                                                       data_dir=data_dir), "image", "label"),
+                         count) for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST))]
+    config = framework.fields(batch_size=(8, ""), eval_batch_size=(4, ""))
+    memory = framework.ArraySource(*arrays, source.metadata, config, framework.DataContext(0))
+    grain, in_memory = source.train_iterator(), memory.train_iterator()
+    for _ in range(7):  # Into the second epoch.
+        a, b = next(grain), next(in_memory)
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+@pytest.fixture(scope="module")
+def uint8_and_float_runs(data_dir, tmp_path_factory):
+    """The same training twice: pixels as stored, normalised in the compiled steps (tfds), and
+    the same examples normalised on the host as float32 (an in-memory dataset), as before."""
+    from framework.testing import tiny_config
+    from plugins.datasets.tfds_source import ReadExamples, read_split
+    from tests.test_normalization import host_float_path
+
+    fields = {"tfds_name": "tiny_images", "data_dir": data_dir, "download": False,
+              "normalize": "mean_std", "mean": (0.45,), "std": (0.27,), "batch_size": 8,
+              "eval_batch_size": 8}
+
+    def host_floats(config, context):
+        splits = []
+        for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST)):
+            arrays = read_split(ReadExamples(tfds.data_source("tiny_images", split=split,
+                                                              data_dir=data_dir),
+                                             "image", "label"), count)
+            splits.append({**arrays, "inputs": host_float_path(arrays["inputs"], "mean_std",
+                                                               (0.45,), (0.27,))})
+        metadata = framework.DatasetMetadata((6, 6, 1), 3, NUM_TRAIN, NUM_TEST)
+        return framework.ArraySource(*splits, metadata, config, context)
+
+    def run(name, dataset):
+        config = framework.resolve_config(tiny_config(
+            dataset=dataset, model={"name": "cnn", "conv_features": (4,), "dense_features": (8,)},
+            augmentations={"flip": {}},
+            train={"num_steps": 10, "log_every_steps": 5, "eval_every_steps": 10},
+            checkpoint={"every_steps": 10}))
+        workdir = tmp_path_factory.mktemp(name)
+        return framework.train(config, workdir), workdir
+
+    plugin = framework.Plugin(build=host_floats, api_version=framework.PLUGIN_API_VERSION,
+                              default_config=lambda: framework.registry.load(
+                                  "datasets", "tfds").default_config())
+    with framework.registry.registered("datasets", "host_floats", plugin):
+        yield {"uint8": run("uint8", {"name": "tfds", **fields}),
+                "float": run("float", {"name": "host_floats", **fields})}
+
+
+def test_training_on_stored_pixels_equals_training_on_host_floats(uint8_and_float_runs):
+    from framework.metrics import read_metrics
+
+    uint8, floats = (uint8_and_float_runs[k] for k in ("uint8", "float"))
+    for key in ("eval/loss", "eval/accuracy"):
+        assert uint8[0]["final"][key] == pytest.approx(floats[0]["final"][key], rel=1e-5)
+    logged = [[r["train/loss"] for r in read_metrics(run[1] / "metrics.jsonl")
+               if "train/loss" in r] for run in (uint8, floats)]
+    assert len(logged[0]) == 2 and logged[0] == pytest.approx(logged[1], rel=1e-5)
+
+
+def test_predict_export_and_evaluate_agree_on_stored_pixels(uint8_and_float_runs):
+    from framework.export import export_model
+
+    workdir = uint8_and_float_runs["uint8"][1]
+    loaded = framework.load(workdir)
+    inputs, labels = loaded.eval_split()
+    assert inputs.dtype == np.uint8 and loaded.metadata.input_dtype == "uint8"
+    logits = loaded.predict(inputs)
+    accuracy = float(np.mean(np.argmax(logits, -1) == labels))
+    assert accuracy == pytest.approx(framework.evaluate(workdir)["eval/accuracy"])
+    exported = export_model(loaded)
+    assert exported.in_avals[0].dtype == np.uint8
+    np.testing.assert_allclose(np.asarray(exported.call(inputs)), logits, rtol=1e-5, atol=1e-5)
+    host = framework.load(uint8_and_float_runs["float"][1])  # Floats normalised on the host.
+    host_inputs, _ = host.eval_split()
+    np.testing.assert_allclose(host.predict(host_inputs), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_on_stored_pixels_passes_the_model_conformance_checks(data_dir):
+    from framework.testing import check_plugin, tiny_config
+
+    experiment = tiny_config(
+        dataset={"name": "tfds", "tfds_name": "tiny_images", "data_dir": data_dir,
+                 "download": False, "batch_size": 8, "eval_batch_size": 4},
+        model={"name": "cnn", "conv_features": (4,), "dense_features": (8,)})
+    model = framework.registry.load("models", "cnn")  # Built for float inputs, fed uint8 data.
+    results = check_plugin("models", model, experiment)
+    assert results and all(r.status != "fail" for r in results)

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 
 import framework
 from framework.metrics import read_metrics
-from plugins.datasets.tfds_source import Preprocess
+from plugins.datasets.tfds_source import ReadExamples, read_split
 
 
 class BenchDigits(tfds.core.GeneratorBasedBuilder):
@@ -65,19 +65,20 @@ def _steady_steps_per_sec(workdir: Path) -> float:
 
 
 def _in_memory_plugin(data_dir: str) -> framework.Plugin:
-    """The same examples, preprocessed alike, read once into numpy arrays."""
-    tfds_plugin = framework.registry.load("datasets", "tfds")
+    """The same examples, as the `tfds` plugin gives them, read once into numpy arrays."""
 
     def build(config, context):
-        preprocess = Preprocess(tfds_plugin.default_config())
-        arrays = []
-        for split in ("train", "test"):
-            examples = [preprocess(e) for e in tfds.data_source("bench_digits", split=split,
-                                                                data_dir=data_dir)]
-            arrays.append({k: np.stack([e[k] for e in examples]) for k in examples[0]})
-        metadata = framework.DatasetMetadata((28, 28, 1), 10, len(arrays[0]["label"]),
-                                             len(arrays[1]["label"]))
-        return framework.ArraySource(*arrays, metadata, config, context)
+        tfds_plugin = framework.registry.load("datasets", "tfds")
+        tfds_config = tfds_plugin.default_config()
+        tfds_config.update({"tfds_name": "bench_digits", "data_dir": data_dir,
+                            "download": False, "batch_size": 64, "eval_batch_size": 1000})
+        grain = tfds_plugin.build(tfds_config, context)
+        arrays = [read_split(ReadExamples(tfds.data_source("bench_digits", split=split,
+                                                            data_dir=data_dir),
+                                          "image", "label"), count)
+                  for split, count in (("train", grain.metadata.num_train),
+                                       ("test", grain.metadata.num_eval))]
+        return framework.ArraySource(*arrays, grain.metadata, config, context)
 
     return framework.Plugin(build=build, api_version=framework.PLUGIN_API_VERSION)
 

@@ -350,13 +350,16 @@ def prepare(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer) 
 
 
 class ReadSequences:
-    """A batch of example indices -> `inputs` and `label` (the tokens shifted by one), int32."""
+    """A batch of example indices -> `inputs` and `label` (the tokens shifted by one), int32:
+    one read of the files for the whole batch, decoded as one array (every record holds the
+    same number of tokens)."""
 
     def __init__(self, source: Any, dtype: np.dtype) -> None:
         self.source, self.dtype = source, dtype
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        tokens = np.stack([np.frombuffer(self.source[int(i)], self.dtype) for i in indices])
+        records = self.source.__getitems__([int(i) for i in indices])
+        tokens = np.frombuffer(b"".join(records), self.dtype).reshape(len(records), -1)
         tokens = tokens.astype(np.int32)
         return {"inputs": tokens[:, :-1], "label": tokens[:, 1:]}
 

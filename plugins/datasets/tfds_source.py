@@ -68,22 +68,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"must be >= 1, got {config.num_threads}.")
 
 
-class Preprocess:
-    """One TFDS example -> `{"inputs": float32 image, "label": int32}` (picklable for workers)."""
+def normalization(config: ml_collections.ConfigDict) -> framework.InputNormalization:
+    """What `normalize`, `mean` and `std` ask for, applied on the device to the stored pixels."""
+    if config.normalize == "none":
+        return framework.InputNormalization(scale=1.0)
+    if config.normalize == "unit":
+        return framework.InputNormalization()
+    return framework.InputNormalization(mean=tuple(config.mean), std=tuple(config.std))
 
-    def __init__(self, config: ml_collections.ConfigDict) -> None:
-        self.image_key, self.label_key, self.normalize = (config.image_key, config.label_key,
-                                                          config.normalize)
-        self.mean = np.asarray(config.mean, np.float32)
-        self.std = np.asarray(config.std, np.float32)
 
-    def __call__(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-        image = np.asarray(example[self.image_key], np.float32)
-        if self.normalize == "unit":
-            image = image / 255.0
-        elif self.normalize == "mean_std":
-            image = (image / 255.0 - self.mean) / self.std
-        return {"inputs": image, "label": np.int32(example[self.label_key])}
+class ReadExamples:
+    """A batch of indices -> that batch as stored (`inputs` the image's dtype, `label` int32):
+    one read of the TFDS files for the whole batch, then two stacks (picklable for workers)."""
+
+    def __init__(self, source: Any, image_key: str, label_key: str) -> None:
+        self.source, self.image_key, self.label_key = source, image_key, label_key
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        keys = [int(i) for i in indices]
+        try:  # One read for the batch: about a third faster than one read per example.
+            examples = self.source.__getitems__(keys)
+        except TypeError:  # `tfds.testing.mock_data`'s sources read one example at a time only.
+            examples = [self.source[key] for key in keys]
+        return {"inputs": np.stack([e[self.image_key] for e in examples]),
+                "label": np.asarray([e[self.label_key] for e in examples], np.int32)}
 
 
 class GatherBatch:
@@ -96,15 +104,12 @@ class GatherBatch:
         return {key: value[indices] for key, value in self.arrays.items()}
 
 
-class ReadExamples:
-    """A batch of indices -> that batch decoded from the TFDS files, one read per example."""
-
-    def __init__(self, source: Any, preprocess: Preprocess) -> None:
-        self.source, self.preprocess = source, preprocess
-
-    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        examples = [self.preprocess(self.source[int(i)]) for i in indices]
-        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+def read_split(read: ReadExamples, num_examples: int, chunk: int = 1024
+               ) -> dict[str, np.ndarray]:
+    """A whole split as one contiguous array per key, read `chunk` examples at a time."""
+    parts = [read(np.arange(start, min(start + chunk, num_examples)))
+             for start in range(0, num_examples, chunk)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 class GrainSource:
@@ -117,9 +122,7 @@ class GrainSource:
 
     def __init__(self, train: Any, evaluation: Any, config: ml_collections.ConfigDict,
                  context: framework.DataContext) -> None:
-        import grain
-
-        self._grain, self._config, self._context = grain, config, context
+        self._config, self._context = config, context
         self._num_train, self._num_eval = len(train), len(evaluation)
         self._eval_batch_size = config.eval_batch_size or config.batch_size
         features = train.dataset_info.features
@@ -130,23 +133,20 @@ class GrainSource:
                 "needs a fixed image size (resize the dataset, or write a dataset plugin).")
         self.metadata = framework.DatasetMetadata(
             input_shape=shape, num_classes=features[config.label_key].num_classes,
-            num_train=len(train), num_eval=len(evaluation))
-        preprocess = Preprocess(config)
-        self._read_train = self._reader(train, preprocess)
-        self._read_eval = self._reader(evaluation, preprocess)
+            num_train=len(train), num_eval=len(evaluation),
+            input_dtype=np.dtype(features[config.image_key].np_dtype).name,
+            normalize=normalization(config))
+        self._read_train = self._reader(train)
+        self._read_eval = self._reader(evaluation)
 
     def _num_threads(self) -> int:
         """Reading from memory needs one thread; reading from the files, several."""
         return self._config.num_threads if not self._config.cache else 1
 
-    def _reader(self, source: Any, preprocess: Preprocess) -> GatherBatch | ReadExamples:
+    def _reader(self, source: Any) -> GatherBatch | ReadExamples:
         """How a batch of indices becomes a batch: a gather from memory, or reads from files."""
-        if not self._config.cache:
-            return ReadExamples(source, preprocess)
-        chunks = self._grain.MapDataset.source(source).map(preprocess).batch(1024)
-        batches = list(chunks.to_iter_dataset(grain_reading.read_options(1)))
-        return GatherBatch({key: np.concatenate([b[key] for b in batches])
-                            for key in batches[0]})
+        read = ReadExamples(source, self._config.image_key, self._config.label_key)
+        return GatherBatch(read_split(read, len(source))) if self._config.cache else read
 
     def train_iterator(self) -> framework.TrainIterator:
         return grain_reading.train_iterator(
@@ -189,20 +189,19 @@ def _in_memory_with_tensorflow(config: ml_collections.ConfigDict,
     """tfrecord-only datasets: `tfds.load` whole splits into memory (needs the `tf` extra)."""
     import tensorflow_datasets as tfds
 
-    preprocess = Preprocess(config)
     splits, builder = [], tfds.builder(config.tfds_name, data_dir=config.data_dir or None)
     for split in (config.train_split, config.eval_split):
         arrays = tfds.as_numpy(tfds.load(config.tfds_name, split=split, batch_size=-1,
                                          data_dir=config.data_dir or None,
                                          download=config.download))
-        examples = [preprocess({config.image_key: image, config.label_key: label})
-                    for image, label in zip(arrays[config.image_key], arrays[config.label_key])]
-        splits.append({key: np.stack([e[key] for e in examples]) for key in examples[0]})
+        splits.append({"inputs": np.asarray(arrays[config.image_key]),
+                       "label": np.asarray(arrays[config.label_key], np.int32)})
     train, evaluation = splits
     metadata = framework.DatasetMetadata(
         input_shape=train["inputs"].shape[1:],
         num_classes=builder.info.features[config.label_key].num_classes,
-        num_train=len(train["label"]), num_eval=len(evaluation["label"]))
+        num_train=len(train["label"]), num_eval=len(evaluation["label"]),
+        input_dtype=train["inputs"].dtype.name, normalize=normalization(config))
     return framework.ArraySource(train, evaluation, metadata, config, context)
 
 
