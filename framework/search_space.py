@@ -16,7 +16,6 @@ import ast
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +23,8 @@ import ml_collections
 
 from framework import config as config_lib
 from framework.errors import ConfigError
-from framework.sweep import split_values
+from framework.sweep import split_prefixed_args, split_values
 
-_SEARCH_FLAG = re.compile(r"^--?search\.([^=\s]+)(?:=(.*))?$", re.S)
 KINDS = ("uniform", "loguniform", "int", "choice")
 _PRIMITIVE = (bool, int, float, str, type(None))  # What Optuna stores as a categorical value.
 
@@ -74,26 +72,9 @@ class Param:
 
 def split_search_args(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Separate `--search.KEY=SPEC` (or `--search.KEY SPEC`) from the config overrides."""
-    specs: dict[str, str] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        match = _SEARCH_FLAG.match(args[i])
-        if not match:
-            rest.append(args[i])
-            i += 1
-            continue
-        key, text = match.group(1), match.group(2)
-        if text is None and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            text, i = args[i + 1], i + 1
-        if not text:
-            raise ConfigError(f"--search.{key} has no range; write e.g. "
-                              f"--search.{key}=uniform:0:1 or --search.{key}=choice:A,B.")
-        if key in specs:
-            raise ConfigError(f"--search.{key} is given twice; give one range.")
-        specs[key] = text
-        i += 1
-    return specs, rest
+    return split_prefixed_args(
+        args, "search", "has no range; write e.g. --search.{key}=uniform:0:1 or "
+                        "--search.{key}=choice:A,B.", "give one range.")
 
 
 def parse_param(key: str, spec: str) -> Param:

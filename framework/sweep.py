@@ -29,7 +29,6 @@ from framework import config as config_lib
 from framework.errors import ConfigError
 from framework.metrics import read_summary
 
-_SWEEP_FLAG = re.compile(r"^--?sweep\.([^=\s]+)(?:=(.*))?$", re.S)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -62,13 +61,18 @@ def split_values(text: str) -> list[str]:
     return values
 
 
-def split_sweep_args(args: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """Separate `--sweep.KEY=V1,V2` (or `--sweep.KEY V1,V2`) from the config overrides."""
-    axes: dict[str, list[str]] = {}
+def split_prefixed_args(args: Sequence[str], prefix: str, example: str, one_flag: str
+                        ) -> tuple[dict[str, str], list[str]]:
+    """Separate `--PREFIX.KEY=TEXT` (or `--PREFIX.KEY TEXT`) from the config overrides.
+
+    `example` ends the error for a flag without text ("write --PREFIX.KEY=..."), `one_flag` the
+    error for a key given twice; `sweep` and `tune` share this reading of their flags."""
+    flag = re.compile(rf"^--?{prefix}\.([^=\s]+)(?:=(.*))?$", re.S)
+    texts: dict[str, str] = {}
     rest: list[str] = []
     i = 0
     while i < len(args):
-        match = _SWEEP_FLAG.match(args[i])
+        match = flag.match(args[i])
         if not match:
             rest.append(args[i])
             i += 1
@@ -77,9 +81,20 @@ def split_sweep_args(args: Sequence[str]) -> tuple[dict[str, list[str]], list[st
         if text is None and i + 1 < len(args) and not args[i + 1].startswith("--"):
             text, i = args[i + 1], i + 1
         if text is None or not text.strip():
-            raise ConfigError(f"--sweep.{key} has no values; write --sweep.{key}=V1,V2,...")
-        if key in axes:
-            raise ConfigError(f"--sweep.{key} is given twice; list all its values in one flag.")
+            raise ConfigError(f"--{prefix}.{key} {example.format(key=key)}")
+        if key in texts:
+            raise ConfigError(f"--{prefix}.{key} is given twice; {one_flag}")
+        texts[key] = text
+        i += 1
+    return texts, rest
+
+
+def split_sweep_args(args: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Separate `--sweep.KEY=V1,V2` (or `--sweep.KEY V1,V2`) from the config overrides."""
+    texts, rest = split_prefixed_args(args, "sweep", "has no values; write --sweep.{key}=V1,V2,...",
+                                      "list all its values in one flag.")
+    axes: dict[str, list[str]] = {}
+    for key, text in texts.items():
         values = split_values(text)
         if "" in values:
             raise ConfigError(f"--sweep.{key}={text} has an empty value; separate values with "
@@ -88,7 +103,6 @@ def split_sweep_args(args: Sequence[str]) -> tuple[dict[str, list[str]], list[st
         if repeated:
             raise ConfigError(f"--sweep.{key}={text} lists {', '.join(repeated)} more than once.")
         axes[key] = values
-        i += 1
     return axes, rest
 
 
