@@ -50,7 +50,7 @@ from framework.normalization import model_metadata, normalizing
 from framework.parameters import count_parameters, parameter_table
 from framework.plugin import Callback, DataContext
 from framework.preemption import StopSignal
-from framework.prefetch import DevicePrefetcher, step_places_batches, to_global_array
+from framework.prefetch import DevicePrefetcher, InlineFeed, step_places_batches, to_global_array
 from framework.profiler import ProfileWindow
 from framework.progress import Progress
 from framework.registry import registry
@@ -198,7 +198,7 @@ def _evaluate(setup: Setup, eval_step: Any, state: TrainState) -> dict[str, floa
 
 def _jit_train_step(setup: Setup) -> Any:
     """The train step as the loop runs it: the state donated, the stacked batches placed by
-    `in_shardings` (numpy from the prefetch thread where `step_places_batches`)."""
+    `in_shardings` (numpy read inline where `step_places_batches`)."""
     train_cfg = setup.config.train
     options = StepOptions(train_cfg.accumulation_steps, train_cfg.ema_decay,
                           train_cfg.on_nonfinite, unroll=default_unroll())
@@ -500,20 +500,22 @@ def _open_loop(setup: Setup, checkpointer: Checkpointer, workdir: Path, run: _Ru
                  progress, metrics_log, tensorboard, profiler)
 
 
-def _prefetcher(setup: Setup, iterator: CheckedIterator, start_step: int) -> DevicePrefetcher:
-    """Stacks of `steps_per_dispatch` batches, read and placed ahead of the step that uses
-    them."""
+def _prefetcher(setup: Setup, iterator: CheckedIterator, start_step: int
+                ) -> DevicePrefetcher | InlineFeed:
+    """Stacks of `steps_per_dispatch` batches: read and placed ahead of the step that uses them
+    by a thread, or, where the step places them (one CPU process), read as they are needed."""
+    sizes = _chunk_sizes(start_step, setup.num_steps, setup.config.train.steps_per_dispatch)
+    if step_places_batches():
+        return InlineFeed(iterator, sizes)
     batch_sharding = mesh_lib.batch_sharding(setup.mesh, stacked=True)
-    return DevicePrefetcher(
-        iterator, _chunk_sizes(start_step, setup.num_steps, setup.config.train.steps_per_dispatch),
-        (lambda stacked: stacked) if step_places_batches()
-        else lambda stacked: to_global_array(stacked, batch_sharding))
+    return DevicePrefetcher(iterator, sizes,
+                            lambda stacked: to_global_array(stacked, batch_sharding))
 
 
 # The dispatch loop ---------------------------------------------------------------------------
 
 
-def _dispatch_loop(loop: _Loop, run: _Run, prefetcher: DevicePrefetcher,
+def _dispatch_loop(loop: _Loop, run: _Run, prefetcher: DevicePrefetcher | InlineFeed,
                    stop_signal: StopSignal) -> None:
     """Dispatch the steps until the last one or a reason to stop. The host waits for nothing
     but the previous dispatch, so it stays one dispatch ahead of the devices; metrics stay on

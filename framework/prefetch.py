@@ -2,8 +2,9 @@
 
 A background thread prepares the next dispatches while the current one runs. Each prepared item
 carries the data iterator's position *after* it, so a checkpoint records the position of what
-was consumed, not of what was prefetched. On one CPU process the step itself places the stacked
-batches (see `step_places_batches`).
+was consumed, not of what was prefetched. On one CPU process there is nothing to hide: the step
+itself places the stacked batches, and they are read in the training thread (`InlineFeed`),
+as a hand-written loop reads them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ def to_global_array(local: Batch, sharding: jax.sharding.NamedSharding) -> dict[
             for k, v in local.items()}
 
 
+def stack(batches: list[Batch]) -> Batch:
+    """The batches of one dispatch as one `[k, batch, ...]` array per key (a view when k=1)."""
+    if len(batches) == 1:
+        return {k: np.expand_dims(v, 0) for k, v in batches[0].items()}
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+class InlineFeed:
+    """Yields `(stacked_batches, data_state)` for each dispatch size, read when asked for.
+
+    Where the step places the batches (`step_places_batches`), a prefetch thread would only
+    compete with XLA's compute threads for the same cores (measured: 0.1-0.2 ms of CPU per
+    step); the dispatch is asynchronous, so reading the next batch still overlaps the step
+    in flight. Grain-backed datasets keep their own reader threads."""
+
+    def __init__(self, iterator: TrainIterator, chunk_sizes: Sequence[int]) -> None:
+        self._iterator, self._chunk_sizes = iterator, list(chunk_sizes)
+
+    def __iter__(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        for size in self._chunk_sizes:
+            yield stack([next(self._iterator) for _ in range(size)]), self._iterator.get_state()
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+
 class DevicePrefetcher:
     """Yields `(device_batches, data_state)` for each dispatch size in `chunk_sizes`."""
 
@@ -55,8 +82,7 @@ class DevicePrefetcher:
                  place: Callable[[Batch], Any]) -> None:
         try:
             for size in chunk_sizes:
-                batches = [next(iterator) for _ in range(size)]
-                stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+                stacked = stack([next(iterator) for _ in range(size)])
                 item = (place(stacked), iterator.get_state())
                 if not self._put(item):
                     return

@@ -2,8 +2,7 @@
 
 Every side trains the same model with Adam on the same synthetic examples in the same order:
     handwritten  a minimal `jax.jit` loop with donated buffers over the same Flax module
-    jaxforge     `framework.train` from a config (steps_per_dispatch=1), and with the best
-                 `train.steps_per_dispatch` of the case's candidates (column `jaxforge_best`)
+    jaxforge     `framework.train` from a config (`train.steps_per_dispatch` k=1)
     keras        Keras 3 on the JAX backend, `model.fit` (when keras is installed)
     torch        PyTorch eager, the usual zero_grad/backward/step loop (when torch is installed)
 
@@ -22,6 +21,11 @@ The work of a step is XLA's count of the hand-written step's floating-point oper
 its rewrites); TFLOP/s is that count times steps/s, for every column and for the hand-written
 step alone on one batch already on the device (`device_resident`: what the chip sustains on the
 model, without the input feed), against `--peak-tflops` when given.
+jaxforge against the hand-written loop is also measured paired, in one process, for each
+k in `--ks` (`train.steps_per_dispatch`; the sweep): `framework.train` runs with a callback
+that, at every log, runs a block of the hand-written loop (see tools/loop_ab.py), so both
+loops meet the same drift in the machine's speed. The median of the per-round ratios and their
+quartiles resolve a few percent, where the separate processes above resolve 10-15%.
 Start-up is measured separately: `jaxforge plugins list`, `jaxforge train` stopping at a config
 error (an unknown key), and the CLI's time to train one step, cold and with a warm persistent
 compilation cache (`JAX_COMPILATION_CACHE_DIR`).
@@ -65,7 +69,7 @@ class Case:
     batch: int
     short: int  # Steps of the short and the long run.
     long: int
-    dispatch: tuple[int, ...]  # Candidate `train.steps_per_dispatch` for `jaxforge_best`.
+    block: int  # Steps per block of the paired measurement (a multiple of every k swept).
     precision: str = "float32"  # `train.precision`: the compute dtype of every JAX side.
     num_train: int = 4096  # Synthetic training examples, cycled through.
     dataset: str = "synthetic"  # `synthetic` images, or TOKENS: random token sequences.
@@ -93,27 +97,27 @@ def _vit(patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int
 
 
 CASES = {  # The default: sized for a 2-core CPU.
-    "cnn@64": Case({"name": "cnn"}, (28, 28, 1), 64, 40, 240, (4, 10)),
-    "cnn@512": Case({"name": "cnn"}, (28, 28, 1), 512, 8, 48, (4,)),
-    "mlp@64": Case({"name": "mlp"}, (28, 28, 1), 64, 200, 3200, (4, 16)),
+    "cnn@64": Case({"name": "cnn"}, (28, 28, 1), 64, 40, 1040, 96),
+    "cnn@512": Case({"name": "cnn"}, (28, 28, 1), 512, 8, 168, 32),
+    "mlp@64": Case({"name": "mlp"}, (28, 28, 1), 64, 200, 5200, 384),
     "resnet@64": Case({"name": "resnet", "stage_sizes": (1, 1, 1), "width": 16}, (32, 32, 3), 64,
-                      10, 60, ()),
+                      10, 110, 16),
 }
 TRANSFORMER_CASES = {  # Not in the default: byte-level decoder LM, a small ViT on 32x32x3.
-    "lm": Case(_lm(128, 2, 4, 384, 64), (64,), 8, 10, 210, (), dataset=TOKENS, num_classes=256,
+    "lm": Case(_lm(128, 2, 4, 384, 64), (64,), 8, 10, 210, 48, dataset=TOKENS, num_classes=256,
                unit="tokens"),
-    "vit": Case(_vit(4, 64, 2, 2, 256), (32, 32, 3), 32, 10, 110, (), unit="images"),
+    "vit": Case(_vit(4, 64, 2, 2, 256), (32, 32, 3), 32, 10, 110, 32, unit="images"),
 }
 ACCELERATOR_CASES = {  # For a GPU or TPU: the tutorial CNN at a large batch, ResNet-18 in bf16.
-    "cnn@8192": Case({"name": "cnn"}, (28, 28, 1), 8192, 20, 220, (4,), num_train=16384),
+    "cnn@8192": Case({"name": "cnn"}, (28, 28, 1), 8192, 20, 220, 32, num_train=16384),
     "resnet18@224": Case({"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64,
-                          "stem": "imagenet"}, (224, 224, 3), 256, 5, 45, (),
+                          "stem": "imagenet"}, (224, 224, 3), 256, 5, 45, 16,
                          precision="bfloat16", num_train=512),
     # A 1024-wide, 8-block LM (~100M parameters without the embedding) on 1024-token sequences
     # of a 32k vocabulary; ViT-B/16 at 224x224. Both bfloat16.
-    "lm@gpu": Case(_lm(1024, 8, 8, 2816, 1024), (1024,), 32, 5, 45, (4,), precision="bfloat16",
+    "lm@gpu": Case(_lm(1024, 8, 8, 2816, 1024), (1024,), 32, 5, 45, 16, precision="bfloat16",
                    num_train=512, dataset=TOKENS, num_classes=32768, unit="tokens"),
-    "vit_b16@224": Case(_vit(16, 768, 12, 12, 3072), (224, 224, 3), 256, 5, 45, (),
+    "vit_b16@224": Case(_vit(16, 768, 12, 12, 3072), (224, 224, 3), 256, 5, 45, 16,
                         precision="bfloat16", num_train=512, unit="images"),
 }
 ALL_CASES = {**CASES, **TRANSFORMER_CASES, **ACCELERATOR_CASES}
@@ -547,6 +551,16 @@ def worker(side: str, case_name: str, steps: int, steps_per_dispatch: int) -> No
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "imports_mib": baseline}))
 
 
+def paired_worker(case_name: str, steps_per_dispatch: int, rounds: int) -> None:
+    """The paired measurement of jaxforge at k against the hand-written loop, in this process:
+    prints {"handwritten": [...], "jaxforge": [...]}, seconds per step of each round's blocks."""
+    import loop_ab
+    case = ALL_CASES[case_name]
+    interleave = loop_ab.measure(case_name, rounds, case.block, steps_per_dispatch, {})
+    print(json.dumps({"handwritten": [s / case.block for s in interleave.seconds["hand"]],
+                      "jaxforge": [s / case.block for s in interleave.seconds["jaxforge"]]}))
+
+
 def step_cost(case_name: str) -> dict[str, Any]:
     """The device, and the work of one step: XLA's count of the hand-written step's
     floating-point operations, and that step's rate on one batch already on the device (no
@@ -597,13 +611,31 @@ def installed_sides() -> list[str]:
         side for side in ("keras", "torch") if importlib.util.find_spec(side) is not None]
 
 
-def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]:
-    """Median steps/s of every column over interleaved repeats, ratios, peak memory, and the
-    TFLOP/s they achieve at XLA's count of the model's operations per step."""
+def paired_sweep(case_name: str, ks: list[int], rounds: int, env: dict[str, str]
+                 ) -> dict[str, Any]:
+    """For each k: jaxforge's steps/s over the hand-written loop's, paired in one process (the
+    median of the per-round ratios and their quartiles), and both sides' median ms/step."""
+    sweep = {}
+    for k in ks:
+        seconds = _in_worker(["--paired", case_name, str(k), str(rounds)],
+                             f"the paired measurement of {case_name} at k={k}", env)
+        ratios = [h / j for h, j in zip(seconds["handwritten"], seconds["jaxforge"])]
+        quartiles = statistics.quantiles(ratios, n=4)
+        sweep[str(k)] = {"ratio": statistics.median(ratios),
+                         "quartiles": [quartiles[0], quartiles[2]],
+                         "handwritten_ms": 1e3 * statistics.median(seconds["handwritten"]),
+                         "jaxforge_ms": 1e3 * statistics.median(seconds["jaxforge"])}
+    return sweep
+
+
+def bench_case(case_name: str, sides: list[str], repeats: int, ks: list[int],
+               rounds: int) -> dict[str, Any]:
+    """Median steps/s of every column over interleaved repeats, ratios, peak memory, the
+    TFLOP/s they achieve at XLA's count of the model's operations per step, and the paired
+    sweep over steps per dispatch."""
     case = ALL_CASES[case_name]
     sides = [s for s in sides if s != "keras" or case.model["name"] in KERAS_MODELS]
     columns = {side: (side, 1) for side in sides}
-    columns.update({f"jaxforge_k{k}": ("jaxforge", k) for k in case.dispatch})
     seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
     peak_mib: dict[str, list[float]] = {c: [] for c in columns}
     imports_mib: dict[str, float] = {}
@@ -622,15 +654,11 @@ def bench_case(case_name: str, sides: list[str], repeats: int) -> dict[str, Any]
                     (long["seconds"] - short["seconds"]) / (case.long - case.short))
                 peak_mib[column].append(long["peak_mib"])
                 imports_mib[column] = long["imports_mib"]
+        sweep = paired_sweep(case_name, ks, rounds, env)
     rates = {c: 1.0 / statistics.median(v) for c, v in seconds_per_step.items()}
-    best = max((c for c in columns if columns[c][0] == "jaxforge"), key=rates.__getitem__)
-    rates["jaxforge_best"] = rates[best]
     peaks = {c: statistics.median(v) for c, v in peak_mib.items()}
-    peaks["jaxforge_best"] = peaks[best]
-    imports_mib["jaxforge_best"] = imports_mib[best]
     return {
-        "steps": [case.short, case.long], "best_steps_per_dispatch": columns[best][1],
-        "steps_per_sec": rates,
+        "steps": [case.short, case.long], "steps_per_sec": rates, "paired": sweep,
         "ratio_to_handwritten": {c: r / rates["handwritten"] for c, r in rates.items()},
         **cost,
         "tflops": {c: r * cost["flops_per_step"] / 1e12 for c, r in
@@ -682,21 +710,21 @@ def startup_seconds(repeats: int) -> dict[str, float]:
 
 
 def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
-    columns = ["handwritten", "jaxforge", "jaxforge_best"] + [
+    columns = ["handwritten", "jaxforge"] + [
         side for side in ("keras", "torch") if side in results["sides"]]
     print(f"machine: {results['machine']}; jax {results['versions']['jax']}; per-step time from "
           f"(long - short) steps, median of {results['repeats']} interleaved repeats")
     print("steps/s (ratio to handwritten)")
-    print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns) + f"{'best k':>8s}")
+    print(f"{'case':11s}" + "".join(f"{c:>20s}" for c in columns))
     for name, case in results["cases"].items():
         cells = [f"{case['steps_per_sec'][c]:.1f} ({case['ratio_to_handwritten'][c]:.2f}x)"
                  if c in case["steps_per_sec"] else "-" for c in columns]
-        print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells)
-              + f"{case['best_steps_per_dispatch']:>8d}")
+        print(f"{name:11s}" + "".join(f"{cell:>20s}" for cell in cells))
+    _print_paired(results)
     print("TFLOP/s at XLA's count of the hand-written step's operations; device_resident: that"
           " step on one batch already on the device"
           + (f"; % of the {peak_tflops:g} TFLOP/s peak" if peak_tflops else ""))
-    tflops_columns = ["handwritten", "jaxforge", "jaxforge_best", "device_resident"]
+    tflops_columns = ["handwritten", "jaxforge", "device_resident"]
     print(f"{'case':13s}{'GFLOP/step':>12s}" + "".join(f"{c:>18s}" for c in tflops_columns))
     for name, case in results["cases"].items():
         cells = [f"{case['tflops'][c]:.3g}" + (f" ({100 * case['tflops'][c] / peak_tflops:.1f}%)"
@@ -720,6 +748,20 @@ def print_table(results: dict[str, Any], peak_tflops: float | None) -> None:
           f"error (`jaxforge train ... --config.train.nope=1`) {startup['config_error_s']:.2f} s; "
           f"`jaxforge train` of digits_cnn for one step {startup['train_one_step_s']:.2f} s, "
           f"{startup['train_one_step_cached_s']:.2f} s with a warm compilation cache")
+
+
+def _print_paired(results: dict[str, Any]) -> None:
+    """The sweep: jaxforge's steps/s over the hand-written loop's, paired in one process."""
+    ks = results["ks"]
+    print(f"jaxforge / hand-written steps/s by steps per dispatch k, paired in one process: "
+          f"median of {results['rounds']} rounds [quartiles]")
+    print(f"{'case':11s}{'hand-written':>14s}" + "".join(f"{f'k={k}':>20s}" for k in ks))
+    for name, case in results["cases"].items():
+        sweep = case["paired"]
+        cells = [f"{sweep[str(k)]['ratio']:.3f} [{sweep[str(k)]['quartiles'][0]:.2f}-"
+                 f"{sweep[str(k)]['quartiles'][1]:.2f}]" for k in ks]
+        hand = f"{sweep[str(ks[0])]['handwritten_ms']:.3g} ms"
+        print(f"{name:11s}{hand:>14s}" + "".join(f"{cell:>20s}" for cell in cells))
 
 
 def _print_throughput(results: dict[str, Any], columns: list[str]) -> None:
@@ -747,12 +789,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    parser.add_argument("--ks", default="1,2,4,8,16",
+                        help="the steps per dispatch of the paired sweep")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="paired blocks of each side per k")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's peak in the cases' precision, to print TFLOP/s against")
     parser.add_argument("--worker", nargs=4, metavar=("SIDE", "CASE", "STEPS", "K"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--step-cost", metavar="CASE", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", nargs=3, metavar=("CASE", "K", "ROUNDS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.paired:
+        case_name, k, rounds = args.paired
+        paired_worker(case_name, int(k), int(rounds))
+        return
     if args.worker:
         side, case_name, steps, k = args.worker
         worker(side, case_name, int(steps), int(k))
@@ -765,15 +817,18 @@ def main() -> None:
     sides = [side for side in installed_sides() if side not in args.skip.split(",")]
     versions = {name: importlib.metadata.version(name)
                 for name in ("jax", *(side for side in sides if side in ("keras", "torch")))}
+    ks = [int(k) for k in args.ks.split(",")]
     results: dict[str, Any] = {"versions": versions, "repeats": args.repeats, "sides": sides,
-                               "cases": {}}
+                               "ks": ks, "rounds": args.rounds, "cases": {}}
     for name in args.cases.split(","):
         if name not in ALL_CASES:
             parser.error(f"unknown case {name!r}; choose from {', '.join(ALL_CASES)}")
     for name in args.cases.split(","):
-        results["cases"][name] = case = bench_case(name, sides, args.repeats)
+        results["cases"][name] = case = bench_case(name, sides, args.repeats, ks, args.rounds)
         results["machine"] = f"{os.cpu_count()} CPU cores, {case['device']}"
-        print(f"{name}: {json.dumps(case['steps_per_sec'])}", flush=True)
+        print(f"{name}: {json.dumps(case['steps_per_sec'])}; paired ratio by k: "
+              f"{json.dumps({k: round(v['ratio'], 3) for k, v in case['paired'].items()})}",
+              flush=True)
         if args.json:  # After every case, so a run stopped early keeps what it measured.
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     if not args.no_startup:
