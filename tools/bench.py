@@ -201,9 +201,9 @@ def _batches(case: Case, steps: int) -> tuple[Any, Any]:
             np.concatenate([b["label"] for b in batches]))
 
 
-def run_jaxforge(case: Case, steps: int, steps_per_dispatch: int) -> float:
+def run_jaxforge(case: Case, steps: int) -> float:
     import framework
-    config = _jax_config(case, steps, steps_per_dispatch)
+    config = _jax_config(case, steps, 1)
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         framework.train(config, workdir)
@@ -259,7 +259,7 @@ def time_on_one_batch(step: Any, state: list[Any], inputs: Any, labels: Any, ste
     return state, time.perf_counter() - start
 
 
-def run_handwritten(case: Case, steps: int, steps_per_dispatch: int) -> float:
+def run_handwritten(case: Case, steps: int) -> float:
     """The hand-written loop: a Python for over the iterator, one jitted step per batch."""
     import jax
     start = time.perf_counter()
@@ -308,7 +308,7 @@ def _keras_model(case: Case) -> Any:
     return keras.Model(inputs, layers.Dense(NUM_CLASSES)(x))
 
 
-def run_keras(case: Case, steps: int, steps_per_dispatch: int) -> float:
+def run_keras(case: Case, steps: int) -> float:
     """The Keras tutorial's way: compile with Adam and a from-logits loss, then `fit`."""
     import keras
     inputs, labels = _batches(case, steps)
@@ -318,7 +318,7 @@ def run_keras(case: Case, steps: int, steps_per_dispatch: int) -> float:
     model = _keras_model(case)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], steps_per_execution=steps_per_dispatch)
+                  metrics=["accuracy"])
     model.fit(inputs, labels, batch_size=case.batch, epochs=1, shuffle=False, verbose=0)
     return time.perf_counter() - start
 
@@ -475,7 +475,7 @@ def _torch_model(case: Case) -> Any:
                          nn.Linear(cin, NUM_CLASSES))
 
 
-def run_torch(case: Case, steps: int, steps_per_dispatch: int) -> float:
+def run_torch(case: Case, steps: int) -> float:
     """The PyTorch tutorial loop: zero_grad, forward, loss, backward, step; no sync per step.
 
     On a GPU, as its performance guide recommends: channels-last images, bfloat16 autocast when
@@ -534,13 +534,13 @@ def _import_libraries(side: str) -> None:
             _import_tensorboardx()
 
 
-def worker(side: str, case_name: str, steps: int, steps_per_dispatch: int) -> None:
+def worker(side: str, case_name: str, steps: int) -> None:
     """One measurement in this process: prints {"seconds", "peak_mib", "imports_mib"} as JSON.
 
     On a GPU or TPU, `peak_mib` is the device's peak memory in use instead."""
     _import_libraries(side)
     baseline = _rss_mib()
-    seconds = SIDES[side](ALL_CASES[case_name], steps, steps_per_dispatch)
+    seconds = SIDES[side](ALL_CASES[case_name], steps)
     if side in ("handwritten", "jaxforge") and _on_accelerator():
         import jax
         peak_mib = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
@@ -600,9 +600,9 @@ def _in_worker(args: list[str], what: str, env: dict[str, str] | None) -> dict[s
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(side: str, case_name: str, steps: int, steps_per_dispatch: int = 1,
-            env: dict[str, str] | None = None) -> dict[str, float]:
-    return _in_worker(["--worker", side, case_name, str(steps), str(steps_per_dispatch)],
+def measure(side: str, case_name: str, steps: int, env: dict[str, str] | None = None
+            ) -> dict[str, float]:
+    return _in_worker(["--worker", side, case_name, str(steps)],
                       f"{side} on {case_name}", env)
 
 
@@ -635,25 +635,24 @@ def bench_case(case_name: str, sides: list[str], repeats: int, ks: list[int],
     sweep over steps per dispatch."""
     case = ALL_CASES[case_name]
     sides = [s for s in sides if s != "keras" or case.model["name"] in KERAS_MODELS]
-    columns = {side: (side, 1) for side in sides}
-    seconds_per_step: dict[str, list[float]] = {c: [] for c in columns}
-    peak_mib: dict[str, list[float]] = {c: [] for c in columns}
+    seconds_per_step: dict[str, list[float]] = {side: [] for side in sides}
+    peak_mib: dict[str, list[float]] = {side: [] for side in sides}
     imports_mib: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as cache_dir:
         env = compilation_cache_env(cache_dir)
         cost = _in_worker(["--step-cost", case_name], f"the step cost of {case_name}", env)
-        for side, k in columns.values():  # Warm-up: compile every program of both runs once.
+        for side in sides:  # Warm-up: compile every program of both runs once.
             if side != "torch":  # PyTorch eager compiles nothing.
-                measure(side, case_name, case.short, k, env)
-                measure(side, case_name, case.long, k, env)
+                measure(side, case_name, case.short, env)
+                measure(side, case_name, case.long, env)
         for _ in range(repeats):  # Interleaved, so drift in the machine's speed hits every column.
-            for column, (side, k) in columns.items():
-                short = measure(side, case_name, case.short, k, env)
-                long = measure(side, case_name, case.long, k, env)
-                seconds_per_step[column].append(
+            for side in sides:
+                short = measure(side, case_name, case.short, env)
+                long = measure(side, case_name, case.long, env)
+                seconds_per_step[side].append(
                     (long["seconds"] - short["seconds"]) / (case.long - case.short))
-                peak_mib[column].append(long["peak_mib"])
-                imports_mib[column] = long["imports_mib"]
+                peak_mib[side].append(long["peak_mib"])
+                imports_mib[side] = long["imports_mib"]
         sweep = paired_sweep(case_name, ks, rounds, env)
     rates = {c: 1.0 / statistics.median(v) for c, v in seconds_per_step.items()}
     peaks = {c: statistics.median(v) for c, v in peak_mib.items()}
@@ -795,7 +794,7 @@ def main() -> None:
                         help="paired blocks of each side per k")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's peak in the cases' precision, to print TFLOP/s against")
-    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "CASE", "STEPS", "K"),
+    parser.add_argument("--worker", nargs=3, metavar=("SIDE", "CASE", "STEPS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--step-cost", metavar="CASE", help=argparse.SUPPRESS)
     parser.add_argument("--paired", nargs=3, metavar=("CASE", "K", "ROUNDS"),
@@ -806,8 +805,8 @@ def main() -> None:
         paired_worker(case_name, int(k), int(rounds))
         return
     if args.worker:
-        side, case_name, steps, k = args.worker
-        worker(side, case_name, int(steps), int(k))
+        side, case_name, steps = args.worker
+        worker(side, case_name, int(steps))
         return
     if args.step_cost:
         print(json.dumps(step_cost(args.step_cost)))
