@@ -162,126 +162,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     One step is one optimizer update: its batch is split into `accumulation_steps`
     micro-batches whose gradients `tx` (an optax.MultiSteps then) averages before updating.
     """
-    micro_batches = options.accumulation_steps
-
-    def gradients(params: Any, model_state: Any, loss_scale: Any, batch: Batch,
-                  dropout_rng: jax.Array) -> tuple[Any, dict[str, jax.Array], Any, Any]:
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-            variables = {"params": params, **model_state}
-            outputs, updates = model.apply(variables, batch["inputs"], train=True,
-                                           rngs={"dropout": dropout_rng})
-            loss, means = batch_means(model.loss(outputs, batch))
-            metrics = {"loss": loss, **means}
-            total = loss
-            for name, (weight, penalty) in penalties.items():
-                value = weight * penalty(params, batch, outputs)
-                metrics[f"penalty/{name}"] = value
-                total = total + value
-            if penalties:
-                metrics["total_loss"] = total
-            return total, (metrics, updates)
-
-        if loss_scale is None:
-            grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(params)
-        else:  # float16: scale the loss up, the gradients down; back off on overflow.
-            loss_scale, _, (_, (metrics, updates)), grads = loss_scale.value_and_grad(
-                loss_fn, has_aux=True)(params)
-        return grads, {**metrics, "grad_norm": optax.tree.norm(grads)}, updates, loss_scale
-
-    def micro_step(carry: tuple[Any, ...], inputs: tuple[jax.Array, Batch]
-                   ) -> tuple[tuple[Any, ...], dict[str, jax.Array]]:
-        params, opt_state, model_state, loss_scale = carry
-        dropout_rng, batch = inputs
-        grads, metrics, updates, loss_scale = gradients(params, model_state, loss_scale, batch,
-                                                        dropout_rng)
-        param_updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, param_updates)
-        return (params, opt_state, {**model_state, **updates}, loss_scale), metrics
-
-    def with_ema(state: TrainState, params: Any) -> TrainState:
-        if not options.ema_decay:
-            return state
-        return state.replace(ema_params=jax.tree.map(
-            lambda e, p: options.ema_decay * e + (1.0 - options.ema_decay) * p,
-            state.ema_params, params))
-
-    def guard(metrics: dict[str, jax.Array], loss_scale: Any, halted: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-        """Whether to apply the step, and the guard's flags (see framework.nonfinite).
-
-        A step applies only when every metric is finite; under float16 loss scaling an
-        overflowing gradient skips the step without raising a flag (the scale backs off)."""
-        flags = nonfinite.nonfinite_flags(
-            metrics, guarded_names(list(metrics), loss_scale is not None))
-        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
-        return finite & ~halted, flags
-
-    def one_step(state: TrainState, batch: Batch, halted: jax.Array
-                 ) -> tuple[TrainState, dict[str, jax.Array], jax.Array, jax.Array]:
-        """The updated state, the step's metrics, whether it was applied, its guard flags."""
-        step_rng = jax.random.fold_in(state.rng, state.step)
-        augment_rng, dropout_rng = jax.random.split(step_rng)
-        for i, augment in enumerate(augmentations):
-            batch = augment(jax.random.fold_in(augment_rng, i), batch)
-
-        if micro_batches == 1:
-            # The guard is known before the update, so the update runs under a `lax.cond`:
-            # the buffers are updated in place. Selecting between the old and the updated state
-            # afterwards would copy the optimizer state every step (a third of an MLP's step).
-            grads, metrics, updates, loss_scale = gradients(
-                state.params, state.model_state, state.loss_scale, batch, dropout_rng)
-            applied, flags = guard(metrics, loss_scale, halted)
-
-            def update(state: TrainState) -> TrainState:
-                param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-                params = optax.apply_updates(state.params, param_updates)
-                return with_ema(state, params).replace(
-                    params=params, opt_state=opt_state,
-                    model_state={**state.model_state, **updates})
-
-            state = jax.lax.cond(applied, update, lambda state: state, state)
-        else:  # Every micro-batch updates the optimizer (MultiSteps): guard by selecting.
-            (params, opt_state, model_state, loss_scale), metrics = jax.lax.scan(
-                micro_step, (state.params, state.opt_state, state.model_state,
-                             state.loss_scale),
-                (jax.random.split(dropout_rng, micro_batches),
-                 _split_micro_batches(batch, micro_batches)),
-                unroll=options.unroll)
-            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-            applied, flags = guard(metrics, loss_scale, halted)
-            updated = with_ema(state, params).replace(params=params, opt_state=opt_state,
-                                                      model_state=model_state)
-            state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
-        described = logged_metrics(state.opt_state)
-        if described.keys() & metrics.keys():
-            raise JaxforgeError(f"A LoggedState in the optimizer state reports "
-                                f"{sorted(described.keys() & metrics.keys())}, which the step "
-                                "already logs; give it other names.")
-        metrics.update(described)
-        state = state.replace(step=state.step + 1, loss_scale=loss_scale,
-                              skipped_steps=state.skipped_steps + (~applied).astype(jnp.int32))
-        return state, metrics, applied, flags
-
-    def add(accumulator: Accumulator, state: TrainState, metrics: dict[str, jax.Array],
-            applied: jax.Array, flags: jax.Array) -> Accumulator:
-        """Sum the step's metrics where it was applied; a state's description is replaced."""
-        weight = applied.astype(jnp.float32)
-        described = logged_metrics(state.opt_state)
-        summed = {name: jnp.where(applied, value.astype(jnp.float32), accumulator.get(name, 0.0))
-                  if name in described else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
-                      value.astype(jnp.float32)) for name, value in metrics.items()}
-        accumulator = nonfinite.record_first(accumulator, flags, state.step)
-        return {**accumulator, **summed, "count": accumulator["count"] + weight,
-                SKIPPED: accumulator[SKIPPED] + 1.0 - weight}
-
-    def halted(accumulator: Accumulator) -> jax.Array:
-        """Under `stop`, nothing is applied after the first non-finite step."""
-        return (accumulator[nonfinite.FIRST_STEP] > 0) & (options.on_nonfinite == "stop")
-
-    def step_and_add(state: TrainState, accumulator: Accumulator, batch: Batch
-                     ) -> tuple[TrainState, Accumulator]:
-        state, *outputs = one_step(state, batch, halted(accumulator))
-        return state, add(accumulator, state, *outputs)
+    step_and_add = _TrainStep(model, tx, penalties, augmentations, options).step_and_add
 
     def train_step(state: TrainState, accumulator: Accumulator, batches: Batch
                    ) -> tuple[TrainState, Accumulator]:
@@ -301,6 +182,150 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         return state, accumulator
 
     return train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainStep:
+    """The parts of one train step, traced inside `make_train_step`'s compiled function."""
+
+    model: Model
+    tx: optax.GradientTransformation
+    penalties: dict[str, tuple[float, Penalty]]
+    augmentations: list[Augmentation]
+    options: StepOptions
+
+    def gradients(self, params: Any, model_state: Any, loss_scale: Any, batch: Batch,
+                  dropout_rng: jax.Array) -> tuple[Any, dict[str, jax.Array], Any, Any]:
+        """The gradients, the step's metrics (loss, the model's, penalties, grad_norm), the
+        model-state updates, and the float16 loss scale after this step."""
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+            variables = {"params": params, **model_state}
+            outputs, updates = self.model.apply(variables, batch["inputs"], train=True,
+                                                rngs={"dropout": dropout_rng})
+            loss, means = batch_means(self.model.loss(outputs, batch))
+            metrics = {"loss": loss, **means}
+            total = loss
+            for name, (weight, penalty) in self.penalties.items():
+                value = weight * penalty(params, batch, outputs)
+                metrics[f"penalty/{name}"] = value
+                total = total + value
+            if self.penalties:
+                metrics["total_loss"] = total
+            return total, (metrics, updates)
+
+        if loss_scale is None:
+            grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(params)
+        else:  # float16: scale the loss up, the gradients down; back off on overflow.
+            loss_scale, _, (_, (metrics, updates)), grads = loss_scale.value_and_grad(
+                loss_fn, has_aux=True)(params)
+        return grads, {**metrics, "grad_norm": optax.tree.norm(grads)}, updates, loss_scale
+
+    def micro_step(self, carry: tuple[Any, ...], inputs: tuple[jax.Array, Batch]
+                   ) -> tuple[tuple[Any, ...], dict[str, jax.Array]]:
+        """One micro-batch of gradient accumulation (`tx` is an optax.MultiSteps)."""
+        params, opt_state, model_state, loss_scale = carry
+        dropout_rng, batch = inputs
+        grads, metrics, updates, loss_scale = self.gradients(params, model_state, loss_scale,
+                                                             batch, dropout_rng)
+        param_updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, param_updates)
+        return (params, opt_state, {**model_state, **updates}, loss_scale), metrics
+
+    def with_ema(self, state: TrainState, params: Any) -> TrainState:
+        if not self.options.ema_decay:
+            return state
+        decay = self.options.ema_decay
+        return state.replace(ema_params=jax.tree.map(
+            lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params))
+
+    def guard(self, metrics: dict[str, jax.Array], loss_scale: Any, halted: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+        """Whether to apply the step, and the guard's flags (see framework.nonfinite).
+
+        A step applies only when every metric is finite; under float16 loss scaling an
+        overflowing gradient skips the step without raising a flag (the scale backs off)."""
+        flags = nonfinite.nonfinite_flags(
+            metrics, guarded_names(list(metrics), loss_scale is not None))
+        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(metrics))))
+        return finite & ~halted, flags
+
+    def update_in_place(self, state: TrainState, batch: Batch, dropout_rng: jax.Array,
+                        halted: jax.Array) -> tuple[TrainState, dict[str, jax.Array], Any,
+                                                    jax.Array, jax.Array]:
+        """One update from one batch. The guard is known before the update, so the update runs
+        under a `lax.cond` and the buffers are updated in place: selecting between the old and
+        the updated state afterwards would copy the optimizer state every step (a third of an
+        MLP's step)."""
+        grads, metrics, updates, loss_scale = self.gradients(
+            state.params, state.model_state, state.loss_scale, batch, dropout_rng)
+        applied, flags = self.guard(metrics, loss_scale, halted)
+
+        def update(state: TrainState) -> TrainState:
+            param_updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, param_updates)
+            return self.with_ema(state, params).replace(
+                params=params, opt_state=opt_state, model_state={**state.model_state, **updates})
+
+        state = jax.lax.cond(applied, update, lambda state: state, state)
+        return state, metrics, loss_scale, applied, flags
+
+    def accumulate(self, state: TrainState, batch: Batch, dropout_rng: jax.Array,
+                   halted: jax.Array) -> tuple[TrainState, dict[str, jax.Array], Any,
+                                               jax.Array, jax.Array]:
+        """One update from `accumulation_steps` micro-batches. Every micro-batch updates the
+        optimizer state (MultiSteps), so the guard selects between the old and the new state."""
+        count = self.options.accumulation_steps
+        (params, opt_state, model_state, loss_scale), metrics = jax.lax.scan(
+            self.micro_step, (state.params, state.opt_state, state.model_state,
+                              state.loss_scale),
+            (jax.random.split(dropout_rng, count), _split_micro_batches(batch, count)),
+            unroll=self.options.unroll)
+        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        applied, flags = self.guard(metrics, loss_scale, halted)
+        updated = self.with_ema(state, params).replace(params=params, opt_state=opt_state,
+                                                       model_state=model_state)
+        state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), updated, state)
+        return state, metrics, loss_scale, applied, flags
+
+    def one_step(self, state: TrainState, batch: Batch, halted: jax.Array
+                 ) -> tuple[TrainState, dict[str, jax.Array], jax.Array, jax.Array]:
+        """The updated state, the step's metrics, whether it was applied, its guard flags."""
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        augment_rng, dropout_rng = jax.random.split(step_rng)
+        for i, augment in enumerate(self.augmentations):
+            batch = augment(jax.random.fold_in(augment_rng, i), batch)
+        update = self.update_in_place if self.options.accumulation_steps == 1 else self.accumulate
+        state, metrics, loss_scale, applied, flags = update(state, batch, dropout_rng, halted)
+        described = logged_metrics(state.opt_state)
+        if described.keys() & metrics.keys():
+            raise JaxforgeError(f"A LoggedState in the optimizer state reports "
+                                f"{sorted(described.keys() & metrics.keys())}, which the step "
+                                "already logs; give it other names.")
+        metrics.update(described)
+        state = state.replace(step=state.step + 1, loss_scale=loss_scale,
+                              skipped_steps=state.skipped_steps + (~applied).astype(jnp.int32))
+        return state, metrics, applied, flags
+
+    def add(self, accumulator: Accumulator, state: TrainState, metrics: dict[str, jax.Array],
+            applied: jax.Array, flags: jax.Array) -> Accumulator:
+        """Sum the step's metrics where it was applied; a state's description is replaced."""
+        weight = applied.astype(jnp.float32)
+        described = logged_metrics(state.opt_state)
+        summed = {name: jnp.where(applied, value.astype(jnp.float32), accumulator.get(name, 0.0))
+                  if name in described else accumulator.get(name, 0.0) + weight * jnp.nan_to_num(
+                      value.astype(jnp.float32)) for name, value in metrics.items()}
+        accumulator = nonfinite.record_first(accumulator, flags, state.step)
+        return {**accumulator, **summed, "count": accumulator["count"] + weight,
+                SKIPPED: accumulator[SKIPPED] + 1.0 - weight}
+
+    def halted(self, accumulator: Accumulator) -> jax.Array:
+        """Under `stop`, nothing is applied after the first non-finite step."""
+        return (accumulator[nonfinite.FIRST_STEP] > 0) & (self.options.on_nonfinite == "stop")
+
+    def step_and_add(self, state: TrainState, accumulator: Accumulator, batch: Batch
+                     ) -> tuple[TrainState, Accumulator]:
+        state, *outputs = self.one_step(state, batch, self.halted(accumulator))
+        return state, self.add(accumulator, state, *outputs)
 
 
 def make_eval_step(model: Model) -> Callable[[TrainState, Accumulator, Batch], Accumulator]:
