@@ -35,7 +35,7 @@ def tiny_case(monkeypatch):
 @pytest.mark.parametrize("steps_per_dispatch", [1, 2])
 def test_both_loops_run_every_round_in_one_process(tiny_case, steps_per_dispatch):
     measured = loop_ab.measure(tiny_case, rounds=3, block=4,
-                               steps_per_dispatch=steps_per_dispatch, overrides={})
+                               steps_per_dispatch=steps_per_dispatch)
     assert [len(measured.seconds[side]) for side in ("hand", "jaxforge")] == [3, 3]
     assert all(s > 0 for side in measured.seconds.values() for s in side)
 
@@ -43,7 +43,7 @@ def test_both_loops_run_every_round_in_one_process(tiny_case, steps_per_dispatch
 def test_a_config_override_reaches_the_jaxforge_side(tiny_case):
     with pytest.raises(Exception, match="on_nonfinite"):
         loop_ab.measure(tiny_case, rounds=1, block=4, steps_per_dispatch=1,
-                        overrides={"train.on_nonfinite": "explode"})
+                        overrides=["--config.train.on_nonfinite=explode"])
 
 
 def test_thread_cpu_counts_the_busy_thread_by_its_name():

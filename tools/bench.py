@@ -553,12 +553,13 @@ def worker(side: str, case_name: str, steps: int) -> None:
 
 def paired_worker(case_name: str, steps_per_dispatch: int, rounds: int) -> None:
     """The paired measurement of jaxforge at k against the hand-written loop, in this process:
-    prints {"handwritten": [...], "jaxforge": [...]}, seconds per step of each round's blocks."""
+    prints `loop_ab.paired_summary` of its rounds as JSON."""
     import loop_ab
     case = ALL_CASES[case_name]
-    interleave = loop_ab.measure(case_name, rounds, case.block, steps_per_dispatch, {})
-    print(json.dumps({"handwritten": [s / case.block for s in interleave.seconds["hand"]],
-                      "jaxforge": [s / case.block for s in interleave.seconds["jaxforge"]]}))
+    interleave = loop_ab.measure(case_name, rounds, case.block, steps_per_dispatch)
+    hand, jaxforge = ([s / case.block for s in interleave.seconds[side]]
+                      for side in ("hand", "jaxforge"))
+    print(json.dumps(loop_ab.paired_summary(hand, jaxforge)))
 
 
 def step_cost(case_name: str) -> dict[str, Any]:
@@ -615,17 +616,9 @@ def paired_sweep(case_name: str, ks: list[int], rounds: int, env: dict[str, str]
                  ) -> dict[str, Any]:
     """For each k: jaxforge's steps/s over the hand-written loop's, paired in one process (the
     median of the per-round ratios and their quartiles), and both sides' median ms/step."""
-    sweep = {}
-    for k in ks:
-        seconds = _in_worker(["--paired", case_name, str(k), str(rounds)],
-                             f"the paired measurement of {case_name} at k={k}", env)
-        ratios = [h / j for h, j in zip(seconds["handwritten"], seconds["jaxforge"])]
-        quartiles = statistics.quantiles(ratios, n=4)
-        sweep[str(k)] = {"ratio": statistics.median(ratios),
-                         "quartiles": [quartiles[0], quartiles[2]],
-                         "handwritten_ms": 1e3 * statistics.median(seconds["handwritten"]),
-                         "jaxforge_ms": 1e3 * statistics.median(seconds["jaxforge"])}
-    return sweep
+    return {str(k): _in_worker(["--paired", case_name, str(k), str(rounds)],
+                               f"the paired measurement of {case_name} at k={k}", env)
+            for k in ks}
 
 
 def bench_case(case_name: str, sides: list[str], repeats: int, ks: list[int],

@@ -121,6 +121,11 @@ FEED_WARMUP_BATCHES = 3  # Not timed: Grain's threads and worker processes start
 FEED_SHAPES = {"28": (28, 28, 1), "224": (224, 224, 3)}
 
 
+def builder_for(shape: tuple[int, ...]) -> type[BenchImages]:
+    """`BenchDigits` (20,000 examples by default) for 28x28x1, `BenchImages` for the rest."""
+    return BenchDigits if shape == BenchDigits.SHAPE else BenchImages
+
+
 def feed_shape(text: str) -> tuple[int, ...]:
     """`28` (MNIST's 28x28x1), `224` (ImageNet's 224x224x3), or any `HxWxC`."""
     return FEED_SHAPES.get(text) or tuple(int(d) for d in text.split("x"))
@@ -295,7 +300,7 @@ def feed_rows(shape: tuple[int, ...], num_examples: int, num_batches: int, repea
               batch_size: int = FEED_BATCH) -> list[FeedRow]:
     """Generate `num_examples` random images of `shape` as array_record in a temporary
     directory (deleted after), and measure every pipeline feeding them to the device."""
-    builder = BenchDigits if shape == BenchDigits.SHAPE else BenchImages
+    builder = builder_for(shape)
     with tempfile.TemporaryDirectory() as tmp, \
             sized(builder, SHAPE=shape, NUM_EXAMPLES=num_examples):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -321,8 +326,7 @@ def feed_main(args: argparse.Namespace) -> None:
     print(f"the feed alone: batches of {FEED_BATCH} to {jax.devices()[0]}, "
           f"{args.feed_batches} timed batches x {args.repeats} interleaved repeats")
     for shape in map(feed_shape, args.feed_shapes.split(",")):
-        builder = BenchDigits if shape == BenchDigits.SHAPE else BenchImages
-        num_examples = args.feed_examples or builder.NUM_EXAMPLES
+        num_examples = args.feed_examples or builder_for(shape).NUM_EXAMPLES
         rows = feed_rows(shape, num_examples, args.feed_batches, args.repeats)
         print_feed_table(shape, num_examples, rows)
 

@@ -10,13 +10,13 @@ is the time from the end of one hand-written block to the next log: its dispatch
 and its log step (one host sync), as in a real run that logs every `--block` steps. The median
 over rounds of the per-round ratio (jaxforge steps/s over hand-written) is reported.
 
-    python tools/loop_ab.py [--case cnn@64] [--rounds 20] [--block 100] [--k 1]
+    python tools/loop_ab.py [--case cnn@64] [--rounds 20] [--block 100] [--k 1] \
+        [--config.SECTION.KEY=VALUE ...]   # Overrides for the jaxforge side, as `jaxforge train`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import contextlib
 import io
@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,27 +94,28 @@ class Interleave(framework.Callback):
 
 
 def measure(case_name: str, rounds: int, block: int, steps_per_dispatch: int,
-            overrides: dict[str, Any]) -> Interleave:
-    """`rounds` paired blocks of each side: seconds, and CPU seconds by thread kind."""
+            overrides: Sequence[str] = ()) -> Interleave:
+    """`rounds` paired blocks of each side: seconds, and CPU seconds by thread kind.
+    `overrides` (`--config.KEY=VALUE`) change the jaxforge side, parsed and validated as
+    `jaxforge train` does."""
     case = bench.ALL_CASES[case_name]
     config = bench._jax_config(case, block * (rounds + 1), steps_per_dispatch)
-    config.train.log_every_steps = block
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        config[section][name] = value
-    config = framework.resolve_config(config)  # Validates the overrides.
+    config = framework.resolve_config(
+        config, [f"--config.train.log_every_steps={block}", *overrides])
     interleave = Interleave(handwritten_block(case, bench._jax_config(case, 1, 1), block))
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
         framework.train(config, workdir, callbacks=[interleave])
     return interleave
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    try:
-        return key, ast.literal_eval(value)  # A number, True/False or a quoted string.
-    except (ValueError, SyntaxError):
-        return key, value
+def paired_summary(hand_seconds: list[float], jaxforge_seconds: list[float]) -> dict[str, Any]:
+    """The median of the per-round ratios of steps/s (jaxforge over hand-written), their
+    quartiles, and each side's median ms per step, from seconds per step of each round."""
+    ratios = [h / j for h, j in zip(hand_seconds, jaxforge_seconds)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {"ratio": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]],
+            "handwritten_ms": 1e3 * statistics.median(hand_seconds),
+            "jaxforge_ms": 1e3 * statistics.median(jaxforge_seconds)}
 
 
 def main() -> None:
@@ -123,24 +124,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--k", type=int, default=1, help="jaxforge's train.steps_per_dispatch")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a config override for the jaxforge side")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
     block = -(-args.block // args.k) * args.k
-    measured = measure(args.case, args.rounds, block, args.k,
-                       dict(_parse_override(text) for text in args.set))
+    measured = measure(args.case, args.rounds, block, args.k, overrides)
     seconds = {side: [s / block for s in values] for side, values in measured.seconds.items()}
-    ratios = [h / j for h, j in zip(seconds["hand"], seconds["jaxforge"])]
-    print(f"{args.case}, k={args.k}: {len(ratios)} rounds of {args.block}-step blocks, "
+    summary = paired_summary(seconds["hand"], seconds["jaxforge"])
+    print(f"{args.case}, k={args.k}: {len(seconds['hand'])} rounds of {block}-step blocks, "
           "alternating in one process")
     for name, values in seconds.items():
         print(f"{name:9s} {statistics.median(values) * 1e3:8.3f} ms/step  "
               f"(blocks {min(values) * 1e3:.3f} to {max(values) * 1e3:.3f})")
-    quartiles = statistics.quantiles(ratios, n=4)
-    print(f"jaxforge / hand-written steps/s: median {statistics.median(ratios):.3f}x "
-          f"(quartiles {quartiles[0]:.3f} to {quartiles[2]:.3f})")
+    print(f"jaxforge / hand-written steps/s: median {summary['ratio']:.3f}x "
+          f"(quartiles {summary['quartiles'][0]:.3f} to {summary['quartiles'][1]:.3f})")
     print("CPU ms per step by thread (all rounds)")
-    steps = block * len(ratios)
+    steps = block * len(seconds["hand"])
     for side, cpu in measured.cpu.items():
         print(f"{side:9s} " + ", ".join(f"{kind} {seconds / steps * 1e3:.2f}"
                                         for kind, seconds in cpu.most_common() if seconds))
